@@ -1,0 +1,163 @@
+"""The ``trioproxy`` command line: ``run``, ``config``, ``parse``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from trioproxy import __version__
+from trioproxy.config import ConfigError, dump_config, load_config, parse_listen
+
+__all__ = ["main"]
+
+SAMPLE_INVITE = (
+    b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n"
+    b"Max-Forwards: 70\r\n"
+    b'To: "Bob" <sip:bob@biloxi.example.com>\r\n'
+    b'From: "Alice" <sip:alice@atlanta.example.com>;tag=1928301774\r\n'
+    b"Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n"
+    b"CSeq: 314159 INVITE\r\n"
+    b"Contact: <sip:alice@pc33.atlanta.example.com>\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trioproxy", description="A stateful SIP proxy on Trio, routed by Lua.")
+    p.add_argument("--version", action="version", version=f"trioproxy {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the proxy")
+    run.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file (default: embedded)")
+    run.add_argument(
+        "--listen",
+        action="append",
+        metavar="TRANSPORT:HOST:PORT",
+        help="listen on udp:HOST:PORT or tcp:HOST:PORT (repeatable; IPv6 as udp:[::1]:5060); replaces the config's",
+    )
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
+    run.add_argument("--next-hop", metavar="URI", help="without a script: send every request to this URI")
+    run.add_argument("--timer-t1", type=float, metavar="SECONDS", help="RFC 3261 T1 (default 0.5)")
+    run.add_argument("--timer-c", type=float, metavar="SECONDS", help="proxy INVITE Timer C (default 180)")
+
+    cfg = sub.add_parser("config", help="check or show a configuration")
+    group = cfg.add_mutually_exclusive_group(required=True)
+    group.add_argument("--check", metavar="FILE", help="validate FILE and exit (status 2 on an error)")
+    group.add_argument("--dump", action="store_true", help="print the effective configuration with defaults")
+    cfg.add_argument("-c", "--config", metavar="FILE", help="with --dump: the file to read (default: embedded)")
+
+    parse = sub.add_parser("parse", help="parse a SIP message (a file, or a sample) and print what was read")
+    parse.add_argument("file", nargs="?", help="file holding one SIP message (default: a sample INVITE)")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    proxy: dict[str, Any] = {}
+    if args.listen:
+        proxy["listen"] = list(args.listen)
+    if args.next_hop:
+        proxy["next_hop"] = args.next_hop
+    out: dict[str, dict[str, Any]] = {}
+    if proxy:
+        out["proxy"] = proxy
+    if args.log_level:
+        out["log"] = {"level": args.log_level}
+    timers: dict[str, Any] = {}
+    if args.timer_t1:
+        timers["t1"] = args.timer_t1
+    if args.timer_c:
+        timers["timer_c"] = args.timer_c
+    if timers:
+        out["timers"] = timers
+    return out
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from trioproxy.server import serve
+
+    if args.listen:
+        for item in args.listen:
+            try:
+                parse_listen(item)
+            except ValueError as exc:
+                print(f"trioproxy: --listen: {exc}", file=sys.stderr)
+                return 2
+    try:
+        config = load_config(args.config, _overrides(args))
+    except ConfigError as exc:
+        print(f"trioproxy: config error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.log.level)
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        trio.run(lambda: serve(config, announce=announce))
+    except OSError as exc:
+        print(f"trioproxy: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.check if args.check else args.config)
+    except ConfigError as exc:
+        print(f"trioproxy: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.check}: ok")
+    else:
+        print(dump_config(config), end="")
+    return 0
+
+
+def _cmd_parse(args: argparse.Namespace) -> int:
+    from trioproxy.sip import Request, SIPError, parse_message_untrusted
+
+    data = SAMPLE_INVITE
+    if args.file:
+        with open(args.file, "rb") as f:
+            data = f.read()
+    try:
+        msg = parse_message_untrusted(data)
+    except SIPError as exc:
+        print(f"not a valid SIP message: {exc.status} {exc.reason}")
+        return 1
+    if isinstance(msg, Request):
+        print(f"request {msg.method} {msg.uri}")
+    else:
+        print(f"response {msg.status} {msg.reason}")
+    print(f"  call-id {msg.call_id}; cseq {msg.cseq.seq} {msg.cseq.method}")
+    for via in msg.vias:
+        print(f"  via {via.transport} {via.host}:{via.port} branch={via.branch}")
+    print(f"  from {msg.from_.uri} tag={msg.from_.tag}; to {msg.to.uri} tag={msg.to.tag}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "config":
+        return _cmd_config(args)
+    return _cmd_parse(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""trioproxy's configuration: a TOML file (or the embedded default) into frozen dataclasses.
+
+Every error names the key (and the line of the file when it can be found) and is raised as ``ConfigError``;
+the CLI prints it on one line and exits with status 2. Command-line flags override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trioproxy.sip import parse_uri_untrusted
+
+__all__ = [
+    "DEFAULT_CONFIG_TOML",
+    "Config",
+    "ConfigError",
+    "ListenSpec",
+    "load_config",
+    "parse_hostport",
+    "parse_listen",
+]
+
+DEFAULT_CONFIG_TOML = """\
+# trioproxy's embedded default configuration (`trioproxy config --dump` shows every key with its value).
+[proxy]
+listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+"""
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the key it concerns (and the line, when known)."""
+
+    def __init__(self, key: str, message: str, line: int | None = None, source: str | None = None) -> None:
+        self.key, self.message, self.line, self.source = key, message, line, source
+        where = f"{source}:{line}: " if source and line else (f"{source}: " if source else "")
+        super().__init__(f"{where}{key}: {message}" if key else f"{where}{message}")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSpec:
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+_TRANSPORTS = ("udp", "tcp")
+
+
+def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` (or just a host when a default port is given)."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text.strip())
+    if not m:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    host = m.group(1) or m.group(3)
+    port_text = m.group(2) or m.group(4)
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(f"missing port in {text!r}")
+        port = default_port
+    else:
+        port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    if m.group(1):
+        ipaddress.IPv6Address(host)
+    return host, port
+
+
+def parse_listen(text: str) -> ListenSpec:
+    """``udp:HOST:PORT`` / ``tcp:[::1]:5060``."""
+    transport, sep, rest = text.partition(":")
+    transport = transport.lower()
+    if not sep or transport not in _TRANSPORTS:
+        raise ValueError(f"expected udp:HOST:PORT or tcp:HOST:PORT, got {text!r}")
+    host, port = parse_hostport(rest, 5060)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(f"listen address must be an IP address, got {host!r}") from exc
+    return ListenSpec(transport, host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySection:
+    listen: tuple[str, ...] = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+    domains: tuple[str, ...] = ()  # names this proxy is responsible for (is_myself), besides its addresses
+    record_route: bool = True
+    next_hop: str = ""  # without a script: send everything to this URI ("" = to the Request-URI)
+    # Without a script: fork every new request to these stages of target URIs, in order (serial forking),
+    # each stage's targets in parallel. Empty: forward to the Request-URI (or next_hop).
+    fork: tuple[tuple[str, ...], ...] = ()
+    udp_queue: int = 4096  # received messages waiting for the dispatcher; beyond it UDP drops and counts
+    tcp_idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class TimersSection:
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    timer_c: float = 180.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    proxy: ProxySection = field(default_factory=ProxySection)
+    timers: TimersSection = field(default_factory=TimersSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    @property
+    def listens(self) -> list[ListenSpec]:
+        return [parse_listen(x) for x in self.proxy.listen]
+
+
+def _line_of(text: str | None, key: str) -> int | None:
+    if not text:
+        return None
+    leaf = key.split(".")[-1].split("[")[0]
+    section = key.split(".")[0] if "." in key else None
+    current = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped.strip("[] ")
+            continue
+        if re.match(rf"{re.escape(leaf)}\s*=", stripped) and (section is None or current == section):
+            return number
+        if section is None and stripped.strip("[] ") == leaf:
+            return number
+    return None
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(value, args[0], key)
+    raise ValueError(f"unsupported type {hint!r}")
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str, text: str | None, source: str | None) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(full, "unknown key", _line_of(text, full), source)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(full, "expected a table", _line_of(text, full), source)
+            kwargs[key] = _build(hint, value, f"{full}.", text, source)
+            continue
+        try:
+            kwargs[key] = _convert(value, hint, full)
+        except ValueError as exc:
+            raise ConfigError(full, str(exc), _line_of(text, full), source) from None
+    return cls(**kwargs)
+
+
+def _check(config: Config, text: str | None, source: str | None) -> None:
+    for i, item in enumerate(config.proxy.listen):
+        try:
+            parse_listen(item)
+        except ValueError as exc:
+            raise ConfigError(f"proxy.listen[{i}]", str(exc), _line_of(text, "proxy.listen"), source) from None
+    if not config.proxy.listen:
+        raise ConfigError("proxy.listen", "at least one listen address is needed", _line_of(text, "proxy.listen"), source)
+    for i, stage in enumerate(config.proxy.fork):
+        for j, item in enumerate(stage):
+            try:
+                parse_uri_untrusted(item)
+            except ValueError as exc:
+                raise ConfigError(f"proxy.fork[{i}][{j}]", f"bad URI {item!r}: {exc}", _line_of(text, "proxy.fork"), source) from None
+    if config.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError("log.level", f"unknown level {config.log.level!r}", _line_of(text, "log.level"), source)
+    if config.log.format not in ("text", "json"):
+        raise ConfigError("log.format", "expected 'text' or 'json'", _line_of(text, "log.format"), source)
+    for name in ("t1", "t2", "t4", "timer_c"):
+        if getattr(config.timers, name) <= 0:
+            raise ConfigError(f"timers.{name}", "must be positive", _line_of(text, f"timers.{name}"), source)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read ``path`` (or the embedded default), apply ``overrides`` (section -> key -> value), validate."""
+    source = str(path) if path is not None else "<default>"
+    if path is None:
+        text = DEFAULT_CONFIG_TOML
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("", f"cannot read config file: {exc.strerror}", None, source) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"TOML syntax: {exc}", None, source) from None
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    config: Config = _build(Config, data, "", text, source)
+    _check(config, text, source)
+    return config
+
+
+def dump_config(config: Config) -> str:
+    """The effective configuration as TOML."""
+    out: list[str] = []
+    for f in dataclasses.fields(config):
+        section = getattr(config, f.name)
+        out.append(f"[{f.name}]")
+        for sf in dataclasses.fields(section):
+            out.append(f"{sf.name} = {_toml_value(getattr(section, sf.name))}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,366 @@
+"""One proxied request: its context, its stages of branches, and each branch's life (RFC 3261 16.6-16.10).
+
+Theory of operation
+-------------------
+Every request that passes validation gets a ``RequestContext`` and one task (``RequestContext.process``) in
+the proxy's request nursery. The task calls the router; ``ctx.relay(targets)`` records a stage of targets.
+Each stage runs in a nursery owned by the request task, one task per branch, each started with
+``nursery.start`` so that the context holds exactly that branch's cancel scope. The nursery's exit is the end
+of the stage: then the router's failure hook may add the next stage (serial forking), and finally the best
+response goes upstream (16.7 step 6).
+
+Stopping a branch (first 2xx, a 6xx, the caller's CANCEL, Timer C) is cancelling its scope. The branch then
+runs its own shielded, time-bounded cleanup: it waits for a provisional if none came yet (RFC 3261 9.1),
+sends a CANCEL, and absorbs the 487, still passing up a late 2xx. Nothing of a request outlives its task.
+
+Within a branch, the next hop's addresses (RFC 3263) are tried in order: a transport error, a timeout
+(Timer B/F) or a 503 moves to the next address with a new Via branch (RFC 3263 4.3, RFC 3261 16.9); the
+caller sees one final answer per branch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from trioproxy.proxy.forward import make_branch_id, prepare_branch, record_route_values, via_value
+from trioproxy.proxy.response_context import Disposition, ResponseContext
+from trioproxy.proxy.router import Target
+from trioproxy.sip import Address, Request, Response, make_cancel, make_response, reason_phrase
+from trioproxy.transaction import ClientTransaction, ServerTransaction
+
+if TYPE_CHECKING:
+    from trioproxy.proxy.core import Proxy
+
+__all__ = ["Branch", "BranchEvent", "RequestContext"]
+
+log = logging.getLogger("trioproxy.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class BranchEvent:
+    """What the dispatcher hands a branch: a response, or a local 408 (timeout) / 503 (transport error)."""
+
+    response: Response | None = None
+    timeout: bool = False
+    transport_error: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class Branch:
+    """One branch of a request: a target, its request copy, its client transactions, its outcome."""
+
+    ctx: RequestContext
+    index: int
+    target: Target
+    request: Request | None = None
+    txn: ClientTransaction | None = None
+    dest: Address | None = None
+    provisional: bool = False
+    final: Response | None = None
+    done: bool = False
+    scope: trio.CancelScope | None = None
+    send_channel: trio.MemorySendChannel[BranchEvent] | None = None
+    recv_channel: trio.MemoryReceiveChannel[BranchEvent] | None = None
+
+    def deliver(self, event: BranchEvent) -> None:
+        """Called by the dispatcher (never blocks): queue an event for the branch task."""
+        if self.send_channel is None:
+            return
+        try:
+            self.send_channel.send_nowait(event)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            # The branch is gone or flooded; a late 2xx still has to reach the caller (RFC 6026).
+            if event.response is not None and 200 <= event.response.status < 300:
+                self.ctx.proxy.spawn(self.ctx.forward_late_2xx, event.response)
+
+
+@dataclass(eq=False)
+class RequestContext:
+    """The state of one request the proxy handles, and the operations a router may use."""
+
+    proxy: Proxy
+    request: Request  # the working copy that branches are made from; routers edit it
+    original: Request  # as received (the server transaction's request)
+    server_txn: ServerTransaction | None
+    loop_hash: str
+    inbound: Address  # our listener the request came in on
+    record_route: bool = False
+    record_route_params: str = ""
+    in_dialog: bool = False
+    stateless: bool = False
+    user_state: Any = None  # free for the router (for example the next serial stage)
+    fr_timeout: float | None = None  # Kamailio's fr_timer: wait for a first reply on a branch
+    fr_inv_timeout: float | None = None  # Kamailio's fr_inv_timer: ring time after a provisional (Timer C)
+    to_tag: str = ""
+    canceled: bool = False
+    rc: ResponseContext = field(init=False)
+    branches: list[Branch] = field(default_factory=list)
+    pending_stage: list[Target] | None = None
+    stage_branches: list[Branch] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    final_status: int | None = None
+    stages_run: int = 0
+
+    def __post_init__(self) -> None:
+        self.rc = ResponseContext(is_invite=self.original.method == "INVITE")
+
+    # -- operations for routers ------------------------------------------------------------------------
+
+    async def reply(
+        self, status: int, reason: str | None = None, headers: Sequence[tuple[str, str]] = (), body: bytes = b""
+    ) -> bool:
+        """Answer the request from the proxy itself (provisional or final). False if a final already went."""
+        if self.stateless or self.original.method == "ACK":
+            return False
+        if status >= 200 and self.rc.final_sent:
+            return False
+        resp = make_response(self.original, status, reason or reason_phrase(status), to_tag=self.to_tag or None)
+        for name, value in headers:
+            resp.append(name, value)
+        if body:
+            resp.set_body(body)
+        if status >= 200:
+            self.rc.final_sent = True
+            self.final_status = status
+        await self.proxy.respond(self, resp)
+        return True
+
+    async def relay(self, targets: Sequence[Target] | None = None) -> int:
+        """Fork to ``targets`` (default: the Request-URI). Kamailio-style result: 1 ok, negative refused.
+
+        The branches start when the route returns (a stage); a stateless request (an ACK for a 2xx, a CANCEL
+        with no transaction) is forwarded at once to the first target.
+        """
+        if targets is None:
+            targets = [Target(self.request.uri.copy())]
+        if not targets:
+            return -1
+        if self.stateless:
+            ok = await self.proxy.forward_stateless(self, targets[0])
+            return 1 if ok else -1
+        if not self.rc.may_branch or self.canceled:
+            return -2  # RFC 3261 16.7 step 5: no new branches after a 6xx or a final
+        if self.pending_stage is None:
+            self.pending_stage = []
+        self.pending_stage.extend(targets)
+        return 1
+
+    @property
+    def best_response(self) -> Response | None:
+        return self.rc.best()
+
+    def cancel_branches(self, *, except_branch: Branch | None = None) -> None:
+        for b in self.stage_branches:
+            if b is not except_branch and not b.done and b.scope is not None:
+                b.scope.cancel()
+
+    def cancel(self) -> None:
+        """The caller sent CANCEL (16.10): stop every pending branch; the 487s decide the answer."""
+        self.canceled = True
+        self.cancel_branches()
+
+    # -- the request task --------------------------------------------------------------------------------
+
+    async def run_stages(self) -> None:
+        """Run the stages the router asked for, then send the best final response (16.7 step 6)."""
+        router = self.proxy.router
+        while True:
+            if self.pending_stage:
+                targets, self.pending_stage = self.pending_stage, None
+                await self._run_stage(targets)
+            if self.rc.final_sent:
+                return
+            if self.rc.may_branch and not self.canceled and self.stages_run:
+                await router.on_failure(self)
+                if self.pending_stage:
+                    continue
+            break
+        if self.rc.final_sent:
+            return
+        await self.send_best()
+
+    async def send_best(self) -> None:
+        best = self.rc.best()
+        invite = self.original.method == "INVITE"
+        if best is None and self.canceled:
+            await self.reply(487, "Request Terminated")
+            return
+        if not invite and (best is None or best.status == 408):
+            # RFC 4320: a stateful element never sends 408 to a non-INVITE; the client times out itself.
+            self.rc.final_sent = True
+            self.final_status = 408
+            self.proxy.abandon(self)
+            return
+        if best is None:
+            await self.reply(408, "Request Timeout")
+            return
+        if best.status == 503:
+            # RFC 3261 16.7 step 6: a 503 concerns the next hop; the caller learns of a server error.
+            await self.reply(500, "Server Internal Error")
+            return
+        if best.status in (401, 407):
+            own = {(n.lower(), v) for n in ("WWW-Authenticate", "Proxy-Authenticate") for v in best.get_all(n)}
+            for name, value in self.rc.challenges():
+                if (name.lower(), value) not in own:
+                    best.append(name, value)
+                    own.add((name.lower(), value))
+        self.rc.final_sent = True
+        self.final_status = best.status
+        await self.proxy.respond(self, best)
+
+    async def _run_stage(self, targets: Sequence[Target]) -> None:
+        self.stages_run += 1
+        self.stage_branches = []
+        async with trio.open_nursery() as nursery:
+            for target in targets:
+                if not self.rc.may_branch or self.canceled:
+                    break
+                branch = Branch(self, len(self.branches), target)
+                self.branches.append(branch)
+                self.stage_branches.append(branch)
+                await nursery.start(self._run_branch, branch)
+        self.stage_branches = []
+
+    async def _run_branch(self, branch: Branch, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        scope = trio.CancelScope()
+        branch.scope = scope
+        send, recv = trio.open_memory_channel[BranchEvent](32)
+        branch.send_channel, branch.recv_channel = send, recv
+        task_status.started(scope)
+        timer_c_fired = False
+        try:
+            with scope:
+                timer_c_fired = await self._branch_body(branch)
+            if (scope.cancelled_caught or timer_c_fired) and branch.final is None and branch.txn is not None:
+                # Cleanup I/O is shielded and bounded (RFC 3261 9.1: CANCEL after a provisional, absorb the 487).
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(64 * self.proxy.timers.t1):
+                        await self._cancel_branch(branch)
+        finally:
+            branch.done = True
+            branch.send_channel = None
+            send.close()
+            recv.close()
+            if branch.txn is not None and branch.txn.user is branch and branch.final is None:
+                self.proxy.detach(branch.txn)
+
+    async def _branch_body(self, branch: Branch) -> bool:
+        """Send the branch and wait for its final response. True when Timer C fired after a provisional."""
+        proxy = self.proxy
+        if not await proxy.router.on_branch(self, branch):
+            return False
+        target = branch.target
+        base_req, hop = prepare_branch(self.request, target.uri.copy(), path=target.path)
+        if target.dst is not None:
+            hop = target.dst
+        dests = [target.received] if target.received is not None else await proxy.locate(hop)
+        dests = proxy.filter_blocked(dests)
+        if not dests:
+            await self.on_response(branch, self.local_response(503, "Service Unavailable"), local=True)
+            return False
+        for i, dest in enumerate(dests):
+            local = proxy.local_address(dest)
+            req = base_req.copy()
+            if self.record_route:
+                for value in reversed(record_route_values(self.inbound, local, self.record_route_params)):
+                    req.insert_top("Record-Route", value)
+            req.insert_top("Via", via_value(local, make_branch_id(self.loop_hash)))
+            branch.request, branch.dest, branch.provisional = req, dest, False
+            await proxy.start_branch_transaction(branch, req, dest)
+            outcome = await self._wait_final(branch)
+            if outcome == "timer_c":
+                return True
+            assert isinstance(outcome, tuple)
+            response, is_local = outcome
+            # RFC 3263 4.3 / RFC 3261 16.9: a transport error, a timeout or a 503 moves on to the next address.
+            if is_local or response.status == 503:
+                proxy.block(dest, response.status)
+                if i + 1 < len(dests):
+                    continue
+            await self.on_response(branch, response, local=is_local)
+            return False
+        return False
+
+    async def _wait_final(self, branch: Branch) -> tuple[Response, bool] | str:
+        """Receive this branch's responses until a final; apply Timer C / fr_inv_timer (16.6 step 11)."""
+        assert branch.recv_channel is not None
+        proxy = self.proxy
+        is_invite = self.original.method == "INVITE"
+        ring = self.fr_inv_timeout if self.fr_inv_timeout is not None else proxy.timers.timer_c
+        first = self.fr_timeout if self.fr_timeout is not None else math.inf
+        deadline = trio.current_time() + (first if not is_invite else min(first, ring))
+        while True:
+            with trio.move_on_at(deadline) as timer:
+                event = await branch.recv_channel.receive()
+            if timer.cancelled_caught:
+                if branch.provisional and is_invite:
+                    return "timer_c"  # 16.8: Timer C with a provisional: CANCEL the branch
+                proxy.abandon_client(branch)
+                return self.local_response(408, "Request Timeout"), True
+            resp, is_local = self._event_response(event)
+            if resp.status < 200:
+                if resp.status > 100 and is_invite:
+                    deadline = trio.current_time() + ring  # Timer C restarts on 101-199
+                branch.provisional = True  # any provisional allows a CANCEL (RFC 3261 9.1)
+                await self.on_response(branch, resp)
+                continue
+            return resp, is_local
+
+    async def _cancel_branch(self, branch: Branch) -> None:
+        """A stopped INVITE branch: wait for a provisional if none came (9.1), CANCEL, absorb the 487."""
+        assert branch.recv_channel is not None and branch.request is not None
+        if self.original.method != "INVITE":
+            return
+        while not branch.provisional:
+            resp, is_local = self._event_response(await branch.recv_channel.receive())
+            if resp.status >= 200:
+                await self.on_response(branch, resp, local=is_local)
+                return
+            branch.provisional = True
+        await self.proxy.send_cancel(branch, make_cancel(branch.request))
+        while True:
+            resp, is_local = self._event_response(await branch.recv_channel.receive())
+            if resp.status >= 200:
+                await self.on_response(branch, resp, local=is_local)
+                return
+
+    def _event_response(self, event: BranchEvent) -> tuple[Response, bool]:
+        if event.response is not None:
+            return event.response, False
+        if event.timeout:
+            return self.local_response(408, "Request Timeout"), True
+        return self.local_response(503, "Service Unavailable"), True
+
+    def local_response(self, status: int, reason: str) -> Response:
+        return make_response(self.original, status, reason, to_tag=self.to_tag or None)
+
+    # -- responses ----------------------------------------------------------------------------------------
+
+    async def on_response(self, branch: Branch, response: Response, *, local: bool = False) -> None:
+        """A branch got a response (16.7): forward, store, cancel the others, as the context decides."""
+        if response.status >= 200:
+            branch.final = response
+        if not local:
+            response.pop_first("Via")  # 16.7 step 3: remove the topmost Via, ours
+            if not await self.proxy.router.on_response(self, branch, response):
+                return
+        disposition = self.rc.classify(response)
+        if disposition in (Disposition.FORWARD, Disposition.FORWARD_AND_CANCEL):
+            if response.status >= 200:
+                self.final_status = response.status
+            await self.proxy.respond(self, response)
+        if disposition in (Disposition.FORWARD_AND_CANCEL, Disposition.STORE_AND_CANCEL):
+            self.cancel_branches(except_branch=branch)
+
+    async def forward_late_2xx(self, response: Response) -> None:
+        """A 2xx that arrived after its branch ended still goes upstream (16.7 step 5, RFC 6026)."""
+        response.pop_first("Via")
+        self.rc.classify(response)
+        await self.proxy.respond(self, response)

@@ -1,0 +1,461 @@
+"""The proxy core on trio: the dispatcher, the timer task, and the glue between transactions and requests.
+
+Theory of operation
+-------------------
+``Proxy.run`` owns three things in one nursery: the dispatcher (reads messages the transports received,
+feeds them to the sans-IO ``TransactionTable`` and carries out the actions it returns), the timer task (sleeps
+until the table's next deadline and calls ``expire``), and the request nursery, where each new request gets
+one task (``RequestContext``: validation, routing, stages of branches, the best response).
+
+Actions that send are carried out by the task that caused them: the dispatcher for retransmissions it
+absorbs, the timer task for timer retransmissions, a branch task for its own request. Responses for a client
+transaction reach the branch that owns it through the transaction's ``user`` slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from trioproxy.proxy.context import Branch, BranchEvent, RequestContext
+from trioproxy.proxy.forward import make_branch_id, prepare_branch, preprocess_routes, via_value
+from trioproxy.proxy.router import Router, Target
+from trioproxy.proxy.validate import check_request, loop_hash
+from trioproxy.sip import (
+    URI,
+    Address,
+    Request,
+    Response,
+    SIPError,
+    make_response,
+    validate_request_untrusted,
+)
+from trioproxy.transaction import (
+    AckReceived,
+    CancelReceived,
+    ClientTransaction,
+    RequestReceived,
+    ResponseReceived,
+    SendRequest,
+    SendResponse,
+    ServerTransaction,
+    StrayResponse,
+    Timeout,
+    Timers,
+    TransactionTable,
+    TransportFailed,
+)
+from trioproxy.transport import TransportError, stamp_via
+
+__all__ = ["Proxy", "ProxyStats", "TransportLike"]
+
+log = logging.getLogger("trioproxy.proxy")
+
+Locate = Callable[[URI], Awaitable[list[Address]]]
+
+
+class TransportLike(Protocol):
+    """What the proxy needs of the transport layer (``trioproxy.transport.Transports`` or a test fake)."""
+
+    incoming: trio.MemoryReceiveChannel[Any]
+
+    async def send_request(self, msg: Request, dest: Address) -> None: ...
+
+    async def send_response(self, msg: Response, flow: Any) -> None: ...
+
+    def local_address(self, transport: str, family: socket.AddressFamily = socket.AF_INET) -> Address: ...
+
+    def listen_addresses(self) -> list[Address]: ...
+
+
+@dataclass
+class ProxyStats:
+    requests: dict[str, int] = field(default_factory=dict)
+    responses: dict[str, int] = field(default_factory=dict)
+    stray_responses: int = 0
+    malformed: int = 0
+    transactions_handled: int = 0
+    branches: int = 0
+    route_errors: int = 0
+
+
+def _default_port(uri: URI) -> int:
+    return 5061 if uri.scheme == "sips" else 5060
+
+
+async def simple_locate(uri: URI) -> list[Address]:
+    """Locate a next hop without DNS service records: numeric hosts, or A/AAAA through the system resolver."""
+    transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+    port = uri.port or _default_port(uri)
+    host = uri.host
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
+    except OSError:
+        return []
+    seen: list[Address] = []
+    for info in infos:
+        addr = Address(transport, str(info[4][0]), port)
+        if addr not in seen:
+            seen.append(addr)
+    return seen
+
+
+class Proxy:
+    """A transaction-stateful forking SIP proxy (RFC 3261 16) driven by a ``Router``."""
+
+    def __init__(
+        self,
+        transports: TransportLike,
+        router: Router,
+        *,
+        timers: Timers | None = None,
+        locate: Locate | None = None,
+        domains: Iterable[str] = (),
+        blocklist: Any = None,
+    ) -> None:
+        self.transports = transports
+        self.router = router
+        self.timers = timers or Timers()
+        self.table = TransactionTable(self.timers)
+        self._locate = locate or simple_locate
+        self.blocklist = blocklist
+        self.domains = {d.lower() for d in domains}
+        self.stats = ProxyStats()
+        self._nursery: trio.Nursery | None = None
+        self._timer_wakeup = trio.Event()
+        self._timer_deadline = math.inf
+        self.draining = False
+        self.active: set[RequestContext] = set()
+
+    # -- addresses ---------------------------------------------------------------------------------------
+
+    def local_address(self, dest: Address) -> Address:
+        """Our listener that sends to ``dest`` (same transport and address family): its Via, its Record-Route."""
+        family = socket.AF_INET6 if ":" in dest.host else socket.AF_INET
+        return self.transports.local_address(dest.transport, family)
+
+    def own_sent_by(self) -> set[tuple[str, int]]:
+        return {(a.host.lower(), a.port) for a in self.transports.listen_addresses()}
+
+    def is_myself(self, uri: URI) -> bool:
+        """Whether a URI names this proxy: one of its listeners, or one of its configured domains."""
+        host = uri.host.lower()
+        if host in self.domains and uri.port is None:
+            return True
+        port = uri.port or _default_port(uri)
+        return (host, port) in self._own
+
+    # -- running -----------------------------------------------------------------------------------------
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled: dispatcher, timer task and the requests' tasks."""
+        self._own = self.own_sent_by()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._timer_loop)
+            task_status.started()
+            await self._dispatch_loop()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.table.next_deadline()
+            self._timer_deadline = math.inf if deadline is None else deadline
+            self._timer_wakeup = trio.Event()
+            with trio.move_on_at(self._timer_deadline):
+                await self._timer_wakeup.wait()
+            await self.execute(self.table.expire(trio.current_time()))
+
+    def _kick_timer(self) -> None:
+        deadline = self.table.next_deadline()
+        if deadline is not None and deadline < self._timer_deadline:
+            self._timer_deadline = deadline
+            self._timer_wakeup.set()
+
+    async def _dispatch_loop(self) -> None:
+        async for msg in self.transports.incoming:
+            if not isinstance(msg, (Request, Response)):
+                await self._malformed(msg)
+                continue
+            try:
+                if isinstance(msg, Request):
+                    self.stats.requests[msg.method] = self.stats.requests.get(msg.method, 0) + 1
+                    if msg.source is not None:
+                        stamp_via(msg, msg.source)  # RFC 3581 / 18.2.1: received and rport
+                else:
+                    key = f"{msg.status // 100}xx"
+                    self.stats.responses[key] = self.stats.responses.get(key, 0) + 1
+                actions = self.table.receive(msg, msg.flow, trio.current_time())
+            except SIPError as exc:
+                await self._reject_unparsable(msg, exc)
+                continue
+            await self.execute(actions)
+            self._kick_timer()
+
+    async def _malformed(self, item: Any) -> None:
+        self.stats.malformed += 1
+        log.info("malformed message dropped: %s", getattr(item, "error", item))
+
+    async def _reject_unparsable(self, msg: Request | Response, exc: SIPError) -> None:
+        self.stats.malformed += 1
+        log.info("bad message from %s: %s %s", msg.source, exc.status, exc.reason)
+        if isinstance(msg, Request) and msg.method != "ACK":
+            try:
+                resp = make_response(msg, exc.status, exc.reason)
+                await self.transports.send_response(resp, msg.flow)
+            except Exception:  # a message too broken to answer is dropped
+                log.debug("could not answer a malformed request", exc_info=True)
+
+    # -- executing the table's actions ---------------------------------------------------------------------
+
+    async def execute(self, actions: Sequence[Any]) -> None:
+        for action in actions:
+            if isinstance(action, SendRequest):
+                try:
+                    await self.transports.send_request(action.msg, action.dest)
+                except (TransportError, OSError) as exc:
+                    log.info("sending %s to %s failed: %s", action.msg.method, action.dest, exc)
+                    await self.execute(self.table.transport_error(action.txn, trio.current_time()))
+            elif isinstance(action, SendResponse):
+                try:
+                    await self.transports.send_response(action.msg, action.flow)
+                except (TransportError, OSError) as exc:
+                    log.info("sending a %s response failed: %s", action.msg.status, exc)
+                    if action.txn is not None:
+                        await self.execute(self.table.transport_error(action.txn, trio.current_time()))
+            elif isinstance(action, RequestReceived):
+                self.spawn(self._handle_request, action.txn, action.request)
+            elif isinstance(action, ResponseReceived):
+                self._to_branch(action.txn, BranchEvent(response=action.response))
+            elif isinstance(action, Timeout):
+                self._to_branch(action.txn, BranchEvent(timeout=True))
+            elif isinstance(action, TransportFailed):
+                self._to_branch(action.txn, BranchEvent(transport_error=True))
+            elif isinstance(action, AckReceived):
+                self.spawn(self._handle_stateless, action.request)
+            elif isinstance(action, CancelReceived):
+                await self._handle_cancel(action)
+            elif isinstance(action, StrayResponse):
+                self.stats.stray_responses += 1  # RFC 6026: a transaction-stateful proxy drops them
+
+    def _to_branch(self, txn: ClientTransaction, event: BranchEvent) -> None:
+        branch = txn.user
+        if isinstance(branch, Branch):
+            branch.deliver(event)
+
+    # -- the operations contexts and branches use ------------------------------------------------------
+
+    async def respond(self, ctx: RequestContext, response: Response) -> None:
+        """Send a response upstream through the request's server transaction."""
+        if ctx.server_txn is None:
+            await self.transports.send_response(response, ctx.original.flow)
+            return
+        await self.execute(self.table.respond(ctx.server_txn, response, trio.current_time()))
+        self._kick_timer()
+
+    async def start_branch_transaction(self, branch: Branch, request: Request, dest: Address) -> None:
+        """Start a client transaction for a branch and send its request (a failure comes as an event)."""
+        self.stats.branches += 1
+        txn, actions = self.table.start_client(request, dest, trio.current_time(), user=branch)
+        branch.txn = txn
+        self._kick_timer()
+        await self.execute(actions)
+
+    async def send_cancel(self, branch: Branch, cancel: Request) -> None:
+        assert branch.dest is not None
+        _txn, actions = self.table.start_client(cancel, branch.dest, trio.current_time(), user=None)
+        self._kick_timer()
+        await self.execute(actions)
+
+    def abandon_client(self, branch: Branch) -> None:
+        """Stop a branch's client transaction after fr_timer with no answer: it sends nothing more."""
+        if branch.txn is not None:
+            self.detach(branch.txn)
+            self.table.terminate(branch.txn, trio.current_time())
+
+    def detach(self, txn: ClientTransaction) -> None:
+        txn.user = None
+
+    def abandon(self, ctx: RequestContext) -> None:
+        """Forget a server transaction that gets no response (RFC 4320: no 408 to a non-INVITE).
+
+        It stays a while longer (T4) to absorb the caller's last retransmissions instead of routing them anew.
+        """
+        txn = ctx.server_txn
+        if txn is not None:
+
+            async def later() -> None:
+                await trio.sleep(self.timers.t4)
+                self.table.terminate(txn, trio.current_time())
+
+            self.spawn(later)
+
+    async def locate(self, uri: URI) -> list[Address]:
+        return await self._locate(uri)
+
+    def filter_blocked(self, dests: list[Address]) -> list[Address]:
+        if self.blocklist is None:
+            return dests
+        now = time.monotonic()
+        kept = [d for d in dests if not self.blocklist.is_blocked(d, now)]
+        return kept or dests
+
+    def block(self, dest: Address, status: int) -> None:
+        if self.blocklist is not None:
+            self.blocklist.add(dest, f"{status}", time.monotonic())
+
+    # -- requests ------------------------------------------------------------------------------------------
+
+    async def _handle_request(self, txn: ServerTransaction, request: Request) -> None:
+        started = time.monotonic()
+        inbound = self._inbound_address(request)
+        ctx: RequestContext | None = None
+        try:
+            if request.method == "INVITE":
+                await self.execute(self.table.respond(txn, make_response(request, 100, "Trying"), trio.current_time()))
+            try:
+                validate_request_untrusted(request)
+                rejection = check_request(request, own_sent_by=self._own)
+                lh = loop_hash(request)
+            except SIPError as exc:
+                await self._answer(txn, request, exc.status, exc.reason)
+                return
+            if rejection is not None:
+                await self._answer(txn, request, rejection.status, rejection.reason, rejection.headers)
+                return
+            if self.draining:
+                await self._answer(txn, request, 503, "Service Unavailable", (("Retry-After", "5"),))
+                return
+            work = request.copy()
+            preprocess_routes(work, self.is_myself)
+            ctx = RequestContext(self, work, request, txn, lh, inbound)
+            ctx.in_dialog = request.to.tag is not None
+            ctx.to_tag = make_branch_id(lh)[7:17]
+            txn.user = ctx
+            self.active.add(ctx)
+            self.stats.transactions_handled += 1
+            try:
+                await self.router.on_request(ctx)
+            except Exception as exc:  # a router fault is contained to its request
+                self.stats.route_errors += 1
+                log.error("route error for %s %s: %s", request.method, request.uri, exc)
+                if not ctx.rc.final_sent:
+                    await ctx.reply(500, "Server Internal Error")
+                return
+            if ctx.rc.final_sent:
+                return
+            if ctx.pending_stage is None and not ctx.canceled:
+                # The route neither answered nor relayed: Kamailio drops such a request silently; an INVITE
+                # would then ring forever upstream, so answer 500.
+                await ctx.reply(500, "Server Internal Error", (("Warning", '399 trioproxy "no route decision"'),))
+                return
+            await ctx.run_stages()
+        finally:
+            if ctx is not None:
+                self.active.discard(ctx)
+                log.info(
+                    "%s %s branches=%d status=%s %.1fms",
+                    request.method,
+                    request.uri,
+                    len(ctx.branches),
+                    ctx.final_status,
+                    (time.monotonic() - started) * 1000,
+                )
+
+    async def _answer(
+        self,
+        txn: ServerTransaction,
+        request: Request,
+        status: int,
+        reason: str,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        resp = make_response(request, status, reason, to_tag=make_branch_id("0")[7:17])
+        for name, value in headers:
+            resp.append(name, value)
+        await self.execute(self.table.respond(txn, resp, trio.current_time()))
+        self._kick_timer()
+
+    def _inbound_address(self, msg: Request | Response) -> Address:
+        flow = msg.flow
+        local = getattr(flow, "local", None)
+        if isinstance(local, Address):
+            return local
+        return self.transports.local_address("udp")
+
+    async def _handle_stateless(self, request: Request) -> None:
+        """An ACK for a 2xx (or any ACK without a transaction): routed as a request of its own (RFC 6026)."""
+        try:
+            validate_request_untrusted(request)
+            if check_request(request, own_sent_by=self._own) is not None:
+                return
+            work = request.copy()
+            preprocess_routes(work, self.is_myself)
+            ctx = RequestContext(self, work, request, None, loop_hash(request), self._inbound_address(request))
+            ctx.stateless = True
+            ctx.in_dialog = request.to.tag is not None
+            await self.router.on_request(ctx)
+        except SIPError as exc:
+            log.info("dropping a bad %s: %s", request.method, exc.reason)
+        except Exception as exc:
+            self.stats.route_errors += 1
+            log.error("route error for %s %s: %s", request.method, request.uri, exc)
+
+    async def forward_stateless(self, ctx: RequestContext, target: Target) -> bool:
+        """Forward without a transaction (an ACK for a 2xx, a CANCEL matching nothing; 16.10, 16.11)."""
+        req, hop = prepare_branch(ctx.request, target.uri.copy(), path=target.path)
+        if target.dst is not None:
+            hop = target.dst
+        dests = [target.received] if target.received is not None else await self.locate(hop)
+        if not dests:
+            return False
+        dest = dests[0]
+        # 16.11: a stateless branch is a function of the incoming one, so retransmissions map alike.
+        try:
+            incoming = ctx.original.top_via.branch or ""
+        except SIPError:
+            incoming = ""
+        branch = "z9hG4bK" + hashlib.blake2s(incoming.encode(), digest_size=8).hexdigest() + ".s"
+        req.insert_top("Via", via_value(self.local_address(dest), branch))
+        try:
+            await self.transports.send_request(req, dest)
+        except (TransportError, OSError):
+            return False
+        return True
+
+    async def _handle_cancel(self, action: CancelReceived) -> None:
+        """CANCEL (16.10): 200 to the CANCEL, CANCEL on every pending branch; no match: forward statelessly."""
+        cancel = action.cancel
+        if action.cancel_txn is not None:
+            await self.execute(
+                self.table.respond(action.cancel_txn, make_response(cancel, 200, "OK"), trio.current_time())
+            )
+        server = action.server_txn
+        ctx = server.user if server is not None else None
+        if isinstance(ctx, RequestContext):
+            ctx.cancel()
+            return
+        if server is not None:
+            return  # the INVITE is known but not routed yet (or done): its own task sees no branches
+        self.spawn(self._cancel_stateless, cancel)
+
+    async def _cancel_stateless(self, cancel: Request) -> None:
+        try:
+            work = cancel.copy()
+            preprocess_routes(work, self.is_myself)
+            ctx = RequestContext(self, work, cancel, None, loop_hash(cancel), self._inbound_address(cancel))
+            ctx.stateless = True
+            await self.forward_stateless(ctx, Target(work.uri.copy()))
+        except SIPError:
+            return

@@ -1,0 +1,58 @@
+"""``serve()``: wire the transports, the proxy core and the router into one trio program."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+
+import trio
+
+from trioproxy.config import Config
+from trioproxy.proxy import Proxy, Router, StaticRouter, Target
+from trioproxy.sip import parse_uri_untrusted
+from trioproxy.transaction import Timers
+from trioproxy.transport import Listen, TransportConfig, Transports
+
+__all__ = ["build_router", "serve"]
+
+log = logging.getLogger("trioproxy")
+
+
+def build_router(config: Config) -> Router:
+    """The router the configuration asks for."""
+    next_hop = parse_uri_untrusted(config.proxy.next_hop) if config.proxy.next_hop else None
+    stages = [[Target(parse_uri_untrusted(u)) for u in stage] for stage in config.proxy.fork]
+    return StaticRouter(next_hop=next_hop, stages=stages, record_route=config.proxy.record_route)
+
+
+async def serve(
+    config: Config,
+    *,
+    router: Router | None = None,
+    announce: Callable[[str], None] = print,
+    task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the proxy until SIGINT/SIGTERM (or cancellation)."""
+    listens = [Listen(s.transport, s.host, s.port) for s in config.listens]
+    transports = Transports(
+        listens,
+        TransportConfig(incoming_capacity=config.proxy.udp_queue, idle_timeout=config.proxy.tcp_idle_timeout),
+    )
+    timers = Timers(t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4, timer_c=config.timers.timer_c)
+    proxy = Proxy(transports, router or build_router(config), timers=timers, domains=config.proxy.domains)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transports.serve)
+            await nursery.start(proxy.run)
+            for address in transports.listen_addresses():
+                announce(f"trioproxy listening on {address.transport}:{_hostport(address.host, address.port)}")
+            task_status.started(proxy)
+            async for signum in signals:
+                log.info("received %s, stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

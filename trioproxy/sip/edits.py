@@ -1,0 +1,131 @@
+"""Edits on the hot path: branches, responses to a request, CANCEL and ACK, Max-Forwards."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from .errors import SIPError
+from .message import Request, Response, _name_of, _value
+from .status import reason_phrase
+
+__all__ = ["decrement_max_forwards", "make_ack", "make_cancel", "make_response", "new_branch", "new_tag"]
+
+# RFC 3261 8.1.1.7: every branch starts with the magic cookie.
+MAGIC_COOKIE = "z9hG4bK"
+
+# RFC 3261 8.2.6.2: a response copies these from the request (Timestamp only into a 100, 8.2.6.1).
+_RESPONSE_COPY = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+def new_branch() -> str:
+    """A fresh Via branch: the RFC 3261 magic cookie and 20 random hex digits."""
+    return MAGIC_COOKIE + os.urandom(10).hex()
+
+
+def new_tag() -> str:
+    """A fresh From/To tag (RFC 3261 19.3: at least 32 bits of randomness)."""
+    return os.urandom(6).hex()
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+) -> Response:
+    """A response to ``request`` (RFC 3261 8.2.6): Vias, From, To, Call-ID, CSeq copied, Content-Length 0.
+
+    A To tag is added when the To has none and the status is above 100 (``to_tag`` or a new one).
+    """
+    resp = Response.__new__(Response)
+    resp.status = status
+    resp.reason = reason if reason is not None else reason_phrase(status)
+    resp.version = "SIP/2.0"
+    lines: list[str] = []
+    keys: list[str] = []
+    copy = _RESPONSE_COPY if status != 100 else _RESPONSE_COPY | {"timestamp"}
+    for key, line in zip(request._keys, request._lines, strict=True):
+        if key in copy:
+            if key == "to" and status > 100:
+                to = request.to
+                if to.tag is None:
+                    line = f"{_name_of(line)}: {_value(line)};tag={to_tag or new_tag()}"
+            lines.append(line)
+            keys.append(key)
+    resp._lines = lines
+    resp._keys = keys
+    resp._cache = {}
+    resp._raw = None
+    resp.body = b""
+    resp.source = None
+    resp.flow = None
+    for name, value in headers:
+        resp.append(name, value)
+    if "content-length" not in keys:
+        lines.append("Content-Length: 0")
+        keys.append("content-length")
+    return resp
+
+
+def make_cancel(request: Request) -> Request:
+    """The CANCEL for a client transaction's request (RFC 3261 9.1)."""
+    # Same Request-URI, Call-ID, To, From, CSeq number; one Via equal to the request's top Via;
+    # the request's Route set.
+    cancel = Request("CANCEL", request.uri.copy())
+    _copy_common(request, cancel, to_line=None)
+    return cancel
+
+
+def make_ack(request: Request, response: Response) -> Request:
+    """The ACK for a non-2xx final response to an INVITE client transaction (RFC 3261 17.1.1.3)."""
+    ack = Request("ACK", request.uri.copy())
+    to_line = None
+    for key, line in zip(response._keys, response._lines, strict=True):
+        if key == "to":
+            to_line = line
+            break
+    _copy_common(request, ack, to_line=to_line)
+    return ack
+
+
+def _copy_common(request: Request, out: Request, to_line: str | None) -> None:
+    top_via = request.top_via
+    cseq = request.cseq
+    out.append("Via", str(top_via))
+    for key, line in zip(request._keys, request._lines, strict=True):
+        if key in ("from", "call-id", "route"):
+            out._lines.append(line)
+            out._keys.append(key)
+        elif key == "to":
+            out._lines.append(to_line if to_line is not None else line)
+            out._keys.append(key)
+    out.append("CSeq", f"{cseq.seq} {out.method}")
+    out.append("Max-Forwards", "70")
+    out.append("Content-Length", "0")
+    out._cache.clear()
+
+
+def decrement_max_forwards(req: Request) -> int:
+    """Decrement Max-Forwards (RFC 3261 16.6 step 3: add 70 when absent); returns the new value.
+
+    SIPError 483 when it is already 0.
+    """
+    keys = req._keys
+    if "max-forwards" not in keys:
+        req.append("Max-Forwards", "70")
+        return 70
+    i = keys.index("max-forwards")
+    line = req._lines[i]
+    value = line[line.index(":") + 1 :].strip(" \t")
+    if not value.isdigit() or not value.isascii() or len(value) > 3 or int(value) > 255:
+        raise SIPError(400, "Bad Max-Forwards")
+    n = int(value)
+    if n == 0:
+        raise SIPError(483, "Too Many Hops")
+    n -= 1
+    req._lines[i] = f"{line[: line.index(':')]}: {n}"
+    req._edited("max-forwards")
+    return n

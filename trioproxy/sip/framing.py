@@ -1,0 +1,101 @@
+"""Stream framing for TCP/TLS (RFC 3261 18.3) with the keepalives of RFC 5626 3.5.1."""
+
+from __future__ import annotations
+
+import enum
+
+from .errors import SIPError
+from .limits import MAX_HEAD_SIZE, MAX_MESSAGE_SIZE
+
+__all__ = ["Keepalive", "StreamFramer"]
+
+
+class Keepalive(enum.Enum):
+    """RFC 5626 3.5.1: a client sends PING (CRLFCRLF); the server answers PONG (CRLF)."""
+
+    PING = b"\r\n\r\n"
+    PONG = b"\r\n"
+
+
+def _content_length(head: bytes) -> int:
+    # Find Content-Length (or its compact form "l") in a raw head; folded values are unfolded first.
+    found: int | None = None
+    for raw in head.replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ").split(b"\r\n")[1:]:
+        name, colon, value = raw.partition(b":")
+        if not colon:
+            continue
+        name = name.strip(b" \t").lower()
+        if name == b"content-length" or name == b"l":
+            value = value.strip(b" \t")
+            if not value.isdigit() or len(value) > 10:
+                raise SIPError(400, "Bad Content-Length")
+            n = int(value)
+            if found is not None and found != n:
+                raise SIPError(400, "Conflicting Content-Length")
+            found = n
+    if found is None:
+        # RFC 3261 18.3: Content-Length MUST be used with stream transports.
+        raise SIPError(400, "Missing Content-Length")
+    return found
+
+
+class StreamFramer:
+    """Cut a byte stream into whole messages by Content-Length, and recognise RFC 5626 keepalives.
+
+    ``feed(data)`` returns every complete item: message bytes (ready for ``parse_message_untrusted``) and
+    ``Keepalive.PING`` / ``Keepalive.PONG``. A SIPError means the stream cannot be resynchronised: close
+    the connection (after answering ``status`` if it makes sense).
+    """
+
+    __slots__ = ("_buf", "_need", "_scan", "max_message_size")
+
+    def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+        self.max_message_size = max_message_size
+        self._buf = bytearray()
+        self._need = -1  # total size of the message being read once its head is known, else -1
+        self._scan = 0  # where to resume looking for the end of the head (keeps drip-feeding linear)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a message."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes | Keepalive]:
+        """Add received bytes; return the complete messages and keepalives they finish, in order."""
+        buf = self._buf
+        buf += data
+        out: list[bytes | Keepalive] = []
+        while buf:
+            if self._need < 0:
+                # Between messages: CRLFCRLF is a ping, a lone CRLF a pong (RFC 5626 3.5.1).
+                if buf[0] in (13, 10):
+                    if buf.startswith(b"\r\n\r\n"):
+                        del buf[:4]
+                        out.append(Keepalive.PING)
+                        continue
+                    if len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
+                        break  # maybe the start of a ping: wait for more
+                    if buf.startswith(b"\r\n"):
+                        del buf[:2]
+                        out.append(Keepalive.PONG)
+                        continue
+                    raise SIPError(400, "Stray Line End")
+                end = buf.find(b"\r\n\r\n", self._scan)
+                if end < 0:
+                    if len(buf) > min(MAX_HEAD_SIZE, self.max_message_size):
+                        raise SIPError(413, "Message Head Too Large")
+                    self._scan = max(0, len(buf) - 3)
+                    break
+                self._scan = 0
+                if end > min(MAX_HEAD_SIZE, self.max_message_size):
+                    raise SIPError(413, "Message Head Too Large")
+                need = end + 4 + _content_length(bytes(buf[:end]))
+                if need > self.max_message_size:
+                    raise SIPError(413, "Message Too Large")
+                self._need = need
+            if len(buf) < self._need:
+                break
+            out.append(bytes(buf[: self._need]))
+            del buf[: self._need]
+            self._need = -1
+        return out

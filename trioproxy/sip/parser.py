@@ -1,0 +1,168 @@
+"""Bytes to Request/Response: split the head once, keep header lines raw, check only the framing.
+
+What is checked here: size limits, the start line (method token, no LWS inside the Request-Line, version,
+status code), that every header line is ``token: value``, and Content-Length against the body (RFC 3261
+18.3). Header values are parsed when first read; ``validate_request_untrusted`` reads the ones a proxy
+needs on arrival.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import SIPError
+from .headers import _KEY_CACHE, header_key
+from .limits import MAX_HEADERS, MAX_LINE_LENGTH, MAX_MESSAGE_SIZE
+from .message import Request, Response
+
+__all__ = ["parse_message_untrusted"]
+
+_METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
+
+
+def parse_message_untrusted(data: bytes) -> Request | Response:
+    """Parse one datagram or one framed stream message; raises only SIPError (with the status to answer)."""
+    try:
+        return _parse(data)
+    except SIPError:
+        raise
+    except Exception:  # the contract: nothing but SIPError ever leaves the parser
+        raise SIPError(400, "Malformed Message") from None
+
+
+def _unfold(lines: list[str]) -> list[str]:
+    # RFC 3261 7.3.1: a line starting with SP or HT continues the previous one; the fold is one SP.
+    groups: list[list[str]] = []
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            if len(groups) < 2:
+                raise SIPError(400, "Continuation Before First Header")
+            groups[-1].append(line.strip(" \t"))
+        else:
+            groups.append([line])
+    out = []
+    for group in groups:
+        if len(group) == 1:
+            out.append(group[0])
+        else:
+            group[0] = group[0].rstrip(" \t")
+            out.append(" ".join(part for part in group if part))
+    return out
+
+
+def _parse(data: bytes) -> Request | Response:
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SIPError(413, "Message Too Large")
+    if data[:1] in (b"\r", b"\n"):
+        # RFC 3261 7.5: CRLFs before the start line are ignored.
+        data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        head = data[:end].decode("utf-8", "surrogateescape")
+        lines = head.split("\r\n")
+        n = len(lines) - 1
+        if head.count("\n") != n or head.count("\r") != n:
+            raise SIPError(400, "Bare CR or LF")
+        body = data[end + 4 :]
+    else:
+        # Tolerate a head terminated by bare LFs (RFC 3261 7.5 asks for CRLF; some agents send LF).
+        end = data.find(b"\n\n")
+        if end < 0:
+            raise SIPError(400, "Incomplete Message Head")
+        head = data[:end].decode("utf-8", "surrogateescape")
+        if "\r" in head:
+            raise SIPError(400, "Bare CR or LF")
+        lines = head.split("\n")
+        body = data[end + 2 :]
+    if "\n " in head or "\n\t" in head:
+        lines = _unfold(lines)
+    if len(lines) > MAX_HEADERS + 1:
+        raise SIPError(400, "Too Many Headers")
+    if max(map(len, lines)) > MAX_LINE_LENGTH:
+        if len(lines[0]) > MAX_LINE_LENGTH and not lines[0].startswith("SIP/"):
+            raise SIPError(414, "Request-URI Too Long")
+        raise SIPError(400, "Line Too Long")
+
+    start = lines[0]
+    del lines[0]
+    keys: list[str] = []
+    append = keys.append
+    cache_get = _KEY_CACHE.get
+    for line in lines:
+        c = line.find(":")
+        if c <= 0:
+            raise SIPError(400, "Bad Header Line")
+        name = line[:c]
+        key = cache_get(name)
+        append(key if key is not None else header_key(name))
+
+    msg: Request | Response
+    if start.startswith("SIP/"):
+        msg = _status_line(start)
+    else:
+        msg = _request_line(start)
+    msg._lines = lines
+    msg._keys = keys
+    msg._cache = {}
+    msg.source = None
+    msg.flow = None
+
+    # RFC 3261 18.3: the body is Content-Length bytes; more is discarded, less is an error.
+    if "content-length" in keys:
+        value = lines[keys.index("content-length")]
+        value = value[value.index(":") + 1 :].strip(" \t")
+        if not value.isdigit() or not value.isascii() or len(value) > 10:
+            raise SIPError(400, "Bad Content-Length")
+        length = int(value)
+        if length != len(body):
+            if length > len(body):
+                raise SIPError(400, "Content-Length Larger Than Body")
+            data = data[: len(data) - len(body) + length]
+            body = body[:length]
+    msg.body = body
+    msg._raw = data
+    return msg
+
+
+def _request_line(start: str) -> Request:
+    # RFC 3261 7.1: Request-Line = Method SP Request-URI SP SIP-Version CRLF (single SPs, no other LWS).
+    parts = start.split(" ")
+    if len(parts) != 3:
+        raise SIPError(400, "Bad Request-Line")
+    method, uri, version = parts
+    if not _METHOD_RE.fullmatch(method):
+        raise SIPError(400, "Bad Method")
+    if not uri or "\t" in uri:
+        raise SIPError(400, "Bad Request-URI")
+    version = _version(version)
+    req = Request.__new__(Request)
+    req.method = method
+    req._uri = None
+    req._uri_text = uri
+    req._uri_snap = ""
+    req.version = version
+    return req
+
+
+def _version(version: str) -> str:
+    if version == "SIP/2.0":
+        return version
+    if version.upper() == "SIP/2.0":
+        return "SIP/2.0"
+    if _VERSION_RE.fullmatch(version):
+        raise SIPError(505, "Version Not Supported")
+    raise SIPError(400, "Bad SIP Version")
+
+
+def _status_line(start: str) -> Response:
+    # RFC 3261 7.2: Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
+    version, _, rest = start.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if len(code) != 3 or not code.isdigit() or not code.isascii() or not "100" <= code <= "699":
+        raise SIPError(400, "Bad Status Code")
+    resp = Response.__new__(Response)
+    resp.version = _version(version)
+    resp.status = int(code)
+    resp.reason = reason
+    return resp

@@ -1,0 +1,235 @@
+"""Typed header values: Via, NameAddr (From, To, Contact, Route, Record-Route, Path) and CSeq."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .errors import SIPError
+from .headers import format_params, parse_params
+from .uri import URI, parse_uri_untrusted
+
+__all__ = ["CSeq", "NameAddr", "Via"]
+
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+# RFC 3261 20.42: sent-protocol = protocol-name SLASH protocol-version SLASH transport; SLASH = SWS "/" SWS
+_VIA_RE = re.compile(
+    rf"\s*+({_TOKEN})\s*+/\s*+({_TOKEN})\s*+/\s*+({_TOKEN})\s++(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]++)"
+    r"(?:\s*+:\s*+([0-9]{1,5}))?+\s*+(?:;(.*))?",
+    re.S,
+)
+_TOKEN_RE = re.compile(_TOKEN)
+_DISPLAY_TOKENS_RE = re.compile(rf"{_TOKEN}(?:[ \t]+{_TOKEN})*")
+_QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
+
+
+@dataclass(slots=True)
+class Via:
+    """One Via value (RFC 3261 20.42). ``transport`` uppercase (``UDP``); host without IPv6 brackets."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def parse_untrusted(cls, value: str) -> Via:
+        """Parse one Via value; SIPError 400 when malformed."""
+        m = _VIA_RE.fullmatch(value)
+        if m is None:
+            raise SIPError(400, "Bad Via")
+        name, version, transport, host, port, params = m.groups()
+        if name.upper() != "SIP" or version != "2.0":
+            raise SIPError(400, "Bad Via Protocol")
+        if host.startswith("["):
+            host = host[1:-1]
+            if host.count(":") < 2:
+                raise SIPError(400, "Bad Via Host")
+        via = cls(transport.upper(), host)
+        if port is not None:
+            p = int(port)
+            if p > 65535:
+                raise SIPError(400, "Bad Via Port")
+            via.port = p
+        if params is not None:
+            via.params = parse_params(params, "Via Parameter")
+        return via
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = "" if self.port is None else f":{self.port}"
+        return f"SIP/2.0/{self.transport} {host}{port}{format_params(self.params)}"
+
+    def copy(self) -> Via:
+        """An independent copy."""
+        return Via(self.transport, self.host, self.port, dict(self.params))
+
+    @property
+    def branch(self) -> str | None:
+        """The branch parameter."""
+        return self.params.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        """The received parameter (RFC 3261 18.2.1)."""
+        return self.params.get("received")
+
+    @property
+    def rport(self) -> int | bool | None:
+        """RFC 3581 rport: the port if valued, True for a bare flag, None when absent."""
+        if "rport" not in self.params:
+            return None
+        v = self.params["rport"]
+        if v is None:
+            return True
+        if not v.isdigit() or not v.isascii() or int(v) > 65535:
+            raise SIPError(400, "Bad rport")
+        return int(v)
+
+    @property
+    def maddr(self) -> str | None:
+        """The maddr parameter."""
+        return self.params.get("maddr")
+
+    @property
+    def ttl(self) -> int | None:
+        """The ttl parameter (0-255)."""
+        v = self.params.get("ttl")
+        if v is None:
+            return None
+        if not v.isdigit() or not v.isascii() or int(v) > 255:
+            raise SIPError(400, "Bad ttl")
+        return int(v)
+
+    @property
+    def sent_by(self) -> tuple[str, int | None]:
+        """(host, port) as written; the port is None when absent."""
+        return (self.host, self.port)
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """A name-addr or addr-spec with header parameters (From, To, Contact, Route...).
+
+    ``display`` is the display name without its quotes (escapes kept); ``Contact: *`` parses to a value
+    whose ``is_star`` is True.
+    """
+
+    display: str | None
+    uri: URI
+    params: dict[str, str | None] = field(default_factory=dict)
+    is_star: bool = False
+
+    STAR: ClassVar[str] = "*"
+
+    @classmethod
+    def parse_untrusted(cls, value: str) -> NameAddr:
+        """Parse one name-addr / addr-spec value; SIPError 400 when malformed (416 never: any scheme)."""
+        v = value.strip()
+        if v == "*":
+            return cls(None, URI("*", opaque=""), {}, True)
+        display: str | None = None
+        if v.startswith('"'):
+            m = _QUOTED_RE.match(v)
+            if m is None:
+                raise SIPError(400, "Unterminated Quoted String")
+            display = m.group(1)
+            v = v[m.end() :].lstrip(" \t")
+            if not v.startswith("<"):
+                raise SIPError(400, "Bad name-addr")
+        lt = v.find("<")
+        if lt >= 0:
+            if lt > 0:
+                text = v[:lt].strip(" \t")
+                if text and not _DISPLAY_TOKENS_RE.fullmatch(text):
+                    raise SIPError(400, "Bad Display Name")
+                display = text or None
+            gt = v.find(">", lt)
+            if gt < 0:
+                raise SIPError(400, "Unterminated <")
+            inner = v[lt + 1 : gt]
+            # RFC 3261 20.10: no LWS inside the angle brackets (RFC 4475 3.1.2.14).
+            if not inner or " " in inner or "\t" in inner:
+                raise SIPError(400, "Bad URI in name-addr")
+            uri = parse_uri_untrusted(inner)
+            rest = v[gt + 1 :].strip(" \t")
+        else:
+            # addr-spec: the URI ends at the first ';' (the rest are header parameters) and may not hold
+            # a '?' or ',' (RFC 3261 20.10; RFC 4475 3.1.2.13).
+            text, semi, params_text = v.partition(";")
+            text = text.strip(" \t")
+            if not text or any(ch in text for ch in " \t?,<>\""):
+                raise SIPError(400, "Bad addr-spec")
+            uri = parse_uri_untrusted(text)
+            rest = ";" + params_text if semi else ""
+        if rest:
+            if not rest.startswith(";"):
+                raise SIPError(400, "Bad name-addr")
+            params = parse_params(rest[1:], "Header Parameter")
+        else:
+            params = {}
+        return cls(display, uri, params)
+
+    def __str__(self) -> str:
+        if self.is_star:
+            return "*"
+        head = f'"{self.display}" ' if self.display is not None else ""
+        return f"{head}<{self.uri}>{format_params(self.params)}"
+
+    def copy(self) -> NameAddr:
+        """An independent copy."""
+        return NameAddr(self.display, self.uri.copy(), dict(self.params), self.is_star)
+
+    @property
+    def tag(self) -> str | None:
+        """The tag parameter (From, To)."""
+        return self.params.get("tag")
+
+    @property
+    def q(self) -> float:
+        """The q parameter of a Contact (0 to 1), 1.0 when absent."""
+        v = self.params.get("q")
+        if v is None:
+            return 1.0
+        try:
+            q = float(v)
+        except ValueError:
+            raise SIPError(400, "Bad q") from None
+        if not 0.0 <= q <= 1.0:
+            raise SIPError(400, "Bad q")
+        return q
+
+    @property
+    def expires(self) -> int | None:
+        """The expires parameter of a Contact, capped at 2**32-1 (RFC 3261 20.19)."""
+        v = self.params.get("expires")
+        if v is None:
+            return None
+        if not v.isdigit() or not v.isascii():
+            raise SIPError(400, "Bad expires")
+        return min(int(v), 2**32 - 1)
+
+
+@dataclass(slots=True)
+class CSeq:
+    """CSeq (RFC 3261 20.16): a sequence number below 2**31 and a method."""
+
+    seq: int
+    method: str
+
+    @classmethod
+    def parse_untrusted(cls, value: str) -> CSeq:
+        """Parse a CSeq value; SIPError 400 when malformed."""
+        parts = value.split()
+        if len(parts) != 2:
+            raise SIPError(400, "Bad CSeq")
+        seq, method = parts
+        if not seq.isdigit() or not seq.isascii() or len(seq) > 12 or int(seq) >= 2**31:
+            raise SIPError(400, "Bad CSeq")
+        if not _TOKEN_RE.fullmatch(method):
+            raise SIPError(400, "Bad CSeq Method")
+        return cls(int(seq), method)
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"

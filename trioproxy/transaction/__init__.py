@@ -1,0 +1,51 @@
+"""Sans-IO SIP transactions (RFC 3261 17, RFC 6026): state machines, matching, timers; time passed in."""
+
+from __future__ import annotations
+
+from .actions import (
+    AckReceived,
+    Action,
+    CancelReceived,
+    RequestReceived,
+    ResponseReceived,
+    SendRequest,
+    SendResponse,
+    StrayResponse,
+    Terminated,
+    Timeout,
+    TransportFailed,
+)
+from .fsm import INVITE_CLIENT, INVITE_SERVER, NON_INVITE_CLIENT, NON_INVITE_SERVER, Machine, Step
+from .keys import MAGIC_COOKIE, client_key, response_key, server_key
+from .table import TransactionTable
+from .timers import Timers
+from .txn import ClientTransaction, ServerTransaction, State
+
+__all__ = [
+    "INVITE_CLIENT",
+    "INVITE_SERVER",
+    "MAGIC_COOKIE",
+    "NON_INVITE_CLIENT",
+    "NON_INVITE_SERVER",
+    "AckReceived",
+    "Action",
+    "CancelReceived",
+    "ClientTransaction",
+    "Machine",
+    "RequestReceived",
+    "ResponseReceived",
+    "SendRequest",
+    "SendResponse",
+    "ServerTransaction",
+    "State",
+    "Step",
+    "StrayResponse",
+    "Terminated",
+    "Timeout",
+    "Timers",
+    "TransactionTable",
+    "TransportFailed",
+    "client_key",
+    "response_key",
+    "server_key",
+]

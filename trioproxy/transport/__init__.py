@@ -1,0 +1,34 @@
+"""The trio transport layer: UDP and TCP listeners, flows, RFC 3581 and RFC 3261 18.2.2 response routing."""
+
+from __future__ import annotations
+
+from .tcp import TCPConnection
+from .transports import Incoming, Transports
+from .types import (
+    Flow,
+    Listen,
+    Malformed,
+    TransportConfig,
+    TransportError,
+    TransportStatistics,
+    family_of,
+)
+from .udp import UDPEndpoint
+from .via import response_address, same_ip, stamp_via
+
+__all__ = [
+    "Flow",
+    "Incoming",
+    "Listen",
+    "Malformed",
+    "TCPConnection",
+    "TransportConfig",
+    "TransportError",
+    "TransportStatistics",
+    "Transports",
+    "UDPEndpoint",
+    "family_of",
+    "response_address",
+    "same_ip",
+    "stamp_via",
+]

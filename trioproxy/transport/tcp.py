@@ -1,0 +1,319 @@
+"""TCP: listeners, one receive task per connection, and a table of live connections for reuse.
+
+Theory of operation. Every connection, accepted or opened, gets a ``TCPConnection`` registered in the table
+under its remote address and a receive task in the serve nursery. The task frames the byte stream with the
+message layer's ``StreamFramer`` (partial reads, several messages per read, RFC 5626 keepalives), parses each
+message and hands it to ``incoming`` with ``await send`` (so a slow consumer pushes back on the peer through
+TCP flow control, where UDP drops). It ends on EOF, a reset, a framing error, the idle timeout or
+``close()``; its ``finally`` closes the socket and removes the table entry.
+
+RFC 3261 18.2.2 / RFC 5923: requests and responses reuse any live connection whose remote address is the
+destination, including connections the peer opened. Sends are serialised per connection by a lock and bounded
+by ``send_timeout``; a failed or timed-out write closes the connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+import trio
+
+from trioproxy.sip import Address, Keepalive, SIPError, StreamFramer, parse_message_untrusted
+
+from .inbound import answerable_request
+from .types import Flow, Listen, Malformed, TransportConfig, TransportError, TransportStatistics, family_of
+
+__all__ = ["TCPConnection", "TCPListener", "TCPManager"]
+
+log = logging.getLogger("trioproxy.transport")
+
+_READ_SIZE = 65536
+_PONG = b"\r\n"
+_ACCEPT_RETRY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+class TCPConnection:
+    """One TCP connection; ``flow.connection`` is this object. ``closed`` turns True when it ends."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        local: Address,
+        remote: Address,
+        *,
+        outbound: bool,
+        send_timeout: float,
+    ) -> None:
+        self.stream = stream
+        self.send_timeout = send_timeout
+        self.local = local
+        self.remote = remote
+        self.outbound = outbound
+        self.flow = Flow("tcp", local, remote, True, self)
+        self.last_activity = trio.current_time()
+        self.closed = False
+        self._send_lock = trio.Lock()
+        self._scope = trio.CancelScope()
+
+    def __repr__(self) -> str:
+        direction = "to" if self.outbound else "from"
+        return f"<TCPConnection {self.local} {direction} {self.remote}{' closed' if self.closed else ''}>"
+
+    def close(self) -> None:
+        """Ask the receive task to end and close the socket (non-blocking, idempotent)."""
+        self.closed = True
+        self._scope.cancel()
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data`` whole; on failure or after ``send_timeout`` seconds close and raise TransportError."""
+        if self.closed:
+            raise TransportError(f"connection to {self.remote} is closed")
+        async with self._send_lock:
+            with trio.move_on_after(self.send_timeout) as scope:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.close()
+                    raise TransportError(f"tcp send to {self.remote} failed: {exc}") from exc
+            if scope.cancelled_caught:
+                # A partial write leaves the stream unusable for framing.
+                self.close()
+                raise TransportError(f"tcp send to {self.remote} timed out")
+        self.last_activity = trio.current_time()
+
+
+class TCPListener:
+    """A bound, listening TCP socket."""
+
+    def __init__(self, listen: Listen) -> None:
+        family = listen.family
+        raw = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            raw.bind((listen.host, listen.port))
+            raw.listen(socket.SOMAXCONN)
+        except BaseException:
+            raw.close()
+            raise
+        self.socket = trio.socket.from_stdlib_socket(raw)
+        self.family = family
+        port = raw.getsockname()[1]
+        self.local = Address("tcp", listen.host, port)
+        self.advertised = Address("tcp", listen.advertise or listen.host, port)
+
+    def close(self) -> None:
+        """Close the listening socket."""
+        self.socket.close()
+
+
+class _Pending:
+    # An outgoing connect in progress: later senders to the same address wait for it.
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: TransportError | None = None
+
+
+class TCPManager:
+    """The connection table, the accept loops and the per-connection receive tasks."""
+
+    def __init__(
+        self,
+        config: TransportConfig,
+        stats: TransportStatistics,
+        send_channel: trio.MemorySendChannel[object],
+    ) -> None:
+        self.config = config
+        self.connections: dict[Address, TCPConnection] = {}
+        self.nursery: trio.Nursery | None = None
+        self._stats = stats
+        self._send_channel = send_channel
+        self._pending: dict[Address, _Pending] = {}
+
+    async def accept_loop(self, listener: TCPListener) -> None:
+        """Accept connections forever on ``listener``; each gets a receive task."""
+        stats = self._stats
+        while True:
+            try:
+                sock, _ = await listener.socket.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                    log.warning("tcp accept on %s: %s; retrying", listener.local, exc)
+                    await trio.sleep(0.1)
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                raise
+            if len(self.connections) >= self.config.max_connections:
+                stats.tcp_connections_refused += 1
+                sock.close()
+                continue
+            try:
+                local_name = sock.getsockname()
+                peer = sock.getpeername()
+            except OSError:
+                sock.close()
+                continue
+            stream = trio.SocketStream(sock)
+            local = Address("tcp", local_name[0], local_name[1])
+            conn = TCPConnection(
+                stream,
+                local,
+                Address("tcp", peer[0], peer[1]),
+                outbound=False,
+                send_timeout=self.config.send_timeout,
+            )
+            stats.tcp_connections_accepted += 1
+            self._start(conn)
+
+    def _start(self, conn: TCPConnection) -> None:
+        assert self.nursery is not None
+        old = self.connections.get(conn.remote)
+        if old is not None:
+            old.close()
+        self.connections[conn.remote] = conn
+        self._stats.tcp_connections_open += 1
+        self.nursery.start_soon(self._serve_connection, conn)
+
+    async def _serve_connection(self, conn: TCPConnection) -> None:
+        try:
+            with conn._scope:
+                await self._read_loop(conn)
+        finally:
+            conn.closed = True
+            if self.connections.get(conn.remote) is conn:
+                del self.connections[conn.remote]
+            self._stats.tcp_connections_open -= 1
+            self._stats.tcp_connections_closed += 1
+            with trio.CancelScope(shield=True):
+                await conn.stream.aclose()
+
+    async def _read_loop(self, conn: TCPConnection) -> None:
+        config = self.config
+        stats = self._stats
+        framer = StreamFramer(max_message_size=config.max_message_size)
+        stream = conn.stream
+        while True:
+            deadline = conn.last_activity + config.idle_timeout
+            with trio.move_on_at(deadline) as idle:
+                try:
+                    data = await stream.receive_some(_READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+            if idle.cancelled_caught:
+                # A send may have refreshed last_activity meanwhile: only close when truly idle.
+                if trio.current_time() >= conn.last_activity + config.idle_timeout:
+                    stats.tcp_idle_closed += 1
+                    return
+                continue
+            if not data:
+                return  # EOF
+            conn.last_activity = trio.current_time()
+            try:
+                items = framer.feed(data)
+            except SIPError as exc:
+                # The stream cannot be resynchronised: close it (the framer's contract).
+                stats.framing_errors += 1
+                log.debug("closing %r: framing error %s", conn, exc)
+                return
+            for item in items:
+                if item is Keepalive.PING:
+                    # RFC 5626 4.4.1: answer a double CRLF with a single CRLF.
+                    stats.keepalives += 1
+                    try:
+                        await conn.send(_PONG)
+                    except TransportError:
+                        return
+                elif item is Keepalive.PONG:
+                    stats.keepalives += 1
+                elif isinstance(item, bytes):
+                    if not await self._deliver(item, conn):
+                        return
+
+    async def _deliver(self, data: bytes, conn: TCPConnection) -> bool:
+        # False when nobody reads ``incoming`` any more.
+        stats = self._stats
+        item: object
+        try:
+            msg = parse_message_untrusted(data)
+        except SIPError as exc:
+            stats.parse_errors += 1
+            if not answerable_request(data):
+                return True
+            item = Malformed(data, conn.remote, conn.flow, exc)
+            stats.malformed_delivered += 1
+        except Exception:  # the parser promises SIPError only; a bug there must not end the server
+            log.exception("parser raised an unexpected error on a message from %s", conn.remote)
+            stats.parse_errors += 1
+            return True
+        else:
+            msg.source = conn.remote
+            msg.flow = conn.flow
+            stats.tcp_messages_in += 1
+            item = msg
+        try:
+            await self._send_channel.send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def connection_to(self, dest: Address, local_host: str | None) -> TCPConnection:
+        """A live connection to ``dest``: reused from the table or opened (waiting for a connect to the same
+        address already under way). ``TransportError`` when refused or after ``connect_timeout``."""
+        while True:
+            conn = self.connections.get(dest)
+            if conn is not None and not conn.closed:
+                return conn
+            pending = self._pending.get(dest)
+            if pending is None:
+                break
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+        pending = _Pending()
+        self._pending[dest] = pending
+        try:
+            return await self._open(dest, local_host)
+        except TransportError as exc:
+            pending.error = exc
+            raise
+        finally:
+            del self._pending[dest]
+            pending.done.set()
+
+    async def _open(self, dest: Address, local_host: str | None) -> TCPConnection:
+        if self.nursery is None:
+            raise TransportError("transports are not serving")
+        if len(self.connections) >= self.config.max_connections:
+            raise TransportError("too many tcp connections")
+        sock = trio.socket.socket(family_of(dest.host), socket.SOCK_STREAM)
+        try:
+            if local_host is not None and local_host not in _WILDCARDS:
+                # Leave from the listener's address so that the peer sees the host we put in Via.
+                await sock.bind((local_host, 0))
+            with trio.move_on_after(self.config.connect_timeout) as scope:
+                await sock.connect((dest.host, dest.port))
+            if scope.cancelled_caught:
+                raise TransportError(f"tcp connect to {dest.host_port} timed out")
+            local_name = sock.getsockname()
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"tcp connect to {dest.host_port} failed: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        stream = trio.SocketStream(sock)
+        local = Address("tcp", local_name[0], local_name[1])
+        conn = TCPConnection(stream, local, dest, outbound=True, send_timeout=self.config.send_timeout)
+        self._stats.tcp_connections_opened += 1
+        self._start(conn)
+        return conn
+
+    def close_all(self) -> None:
+        """Close every connection (their tasks end at their next checkpoint)."""
+        for conn in list(self.connections.values()):
+            conn.close()

@@ -1,0 +1,216 @@
+"""``Transports``: the listeners, the ``incoming`` channel and the two send operations."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+from collections.abc import Sequence
+from typing import Union
+
+import trio
+
+from trioproxy.sip import Address, Message, Request, Response, SIPError
+
+from .tcp import TCPConnection, TCPListener, TCPManager
+from .types import (
+    Flow,
+    Listen,
+    Malformed,
+    TransportConfig,
+    TransportError,
+    TransportStatistics,
+    family_of,
+)
+from .udp import UDPEndpoint
+from .via import response_address
+
+__all__ = ["Incoming", "Transports"]
+
+# What ``Transports.incoming`` carries.
+Incoming = Union[Request, Response, Malformed]  # noqa: UP007 - a runtime alias, kept readable for 3.11
+
+_LITERAL_CACHE_MAX = 4096
+
+
+class Transports:
+    """UDP and TCP listeners on IPv4/IPv6, a bounded ``incoming`` channel, ``send_request``/``send_response``.
+
+    Usage: ``await nursery.start(transports.serve)``; then read ``transports.incoming``. Cancelling the serve
+    task closes every socket and connection, and closes ``incoming`` for its readers.
+    """
+
+    def __init__(self, listens: Sequence[Listen], config: TransportConfig | None = None) -> None:
+        if not listens:
+            raise ValueError("at least one Listen is needed")
+        self.config = config or TransportConfig()
+        self._listens = list(listens)
+        self._stats = TransportStatistics()
+        send, receive = trio.open_memory_channel[object](self.config.incoming_capacity)
+        self._send_channel = send
+        self.incoming: trio.MemoryReceiveChannel[Incoming] = receive  # type: ignore[assignment]
+        self._udp: list[UDPEndpoint] = []
+        self._udp_by_family: dict[socket.AddressFamily, UDPEndpoint] = {}
+        self._tcp_listeners: list[TCPListener] = []
+        self._tcp_by_family: dict[socket.AddressFamily, TCPListener] = {}
+        self._tcp = TCPManager(self.config, self._stats, send)
+        self._literal: dict[str, bool] = {}
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind every listener, report readiness with ``task_status.started()``, receive until cancelled."""
+        try:
+            for listen in self._listens:
+                if listen.transport == "udp":
+                    endpoint = UDPEndpoint(listen, self.config, self._stats)
+                    self._udp.append(endpoint)
+                    self._udp_by_family.setdefault(endpoint.family, endpoint)
+                else:
+                    listener = TCPListener(listen)
+                    self._tcp_listeners.append(listener)
+                    self._tcp_by_family.setdefault(listener.family, listener)
+            async with trio.open_nursery() as nursery:
+                for endpoint in self._udp:
+                    nursery.start_soon(endpoint.receive_loop, self._send_channel.send_nowait)
+                for listener in self._tcp_listeners:
+                    nursery.start_soon(self._tcp.accept_loop, listener)
+                self._tcp.nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._tcp.nursery = None
+            self._tcp.close_all()
+            for endpoint in self._udp:
+                endpoint.close()
+            for listener in self._tcp_listeners:
+                listener.close()
+            self._send_channel.close()
+
+    def local_address(self, transport: str, family: socket.AddressFamily = socket.AF_INET) -> Address:
+        """The address to put in Via / Record-Route for ``transport`` and ``family`` (the bound port)."""
+        table: dict[socket.AddressFamily, UDPEndpoint] | dict[socket.AddressFamily, TCPListener]
+        table = self._udp_by_family if transport == "udp" else self._tcp_by_family
+        bound = table.get(family)
+        if bound is None:
+            raise TransportError(f"no bound {transport} listener for {family.name}")
+        return bound.advertised
+
+    def listen_addresses(self) -> list[Address]:
+        """Every bound listener's advertised address, in configuration order per transport."""
+        return [e.advertised for e in self._udp] + [t.advertised for t in self._tcp_listeners]
+
+    def connection(self, remote: Address) -> TCPConnection | None:
+        """The live TCP connection to ``remote``, if any."""
+        conn = self._tcp.connections.get(remote)
+        return conn if conn is not None and not conn.closed else None
+
+    def statistics(self) -> TransportStatistics:
+        """A snapshot of the counters."""
+        return dataclasses.replace(self._stats)
+
+    async def send_request(self, msg: Message, dest: Address) -> None:
+        """Send ``msg`` to ``dest`` (an IP literal), from the listener of that transport and family.
+
+        TCP reuses a live connection to ``dest`` (also one the peer opened) or opens one. Raises
+        ``TransportError`` when refused, timed out, unreachable (ICMP) or without a matching listener.
+        """
+        transport = dest.transport
+        if transport == "udp":
+            host = await self._ip_host(dest.host)
+            endpoint = self._udp_by_family.get(family_of(host))
+            if endpoint is None:
+                raise TransportError(f"no udp listener for {dest.host}")
+            await endpoint.send(msg.to_bytes(), host, dest.port)
+        elif transport == "tcp":
+            await self._send_stream(msg, dest)
+        else:
+            raise TransportError(f"unsupported transport {transport!r}")
+
+    async def send_response(self, msg: Message, flow: Flow) -> None:
+        """Send a response per RFC 3261 18.2.2 and RFC 3581 4 along the request's ``flow``.
+
+        Reliable: the request's connection while open, else a connection to the top Via's ``received``
+        (or sent-by host) at ``rport`` (or sent-by port, or 5060). UDP: ``maddr`` when present, else
+        ``received``/sent-by host at ``rport``/sent-by port/5060, sent from the socket the request came in on.
+        """
+        if flow.reliable:
+            conn = flow.connection
+            if conn is not None and not conn.closed:
+                _ensure_content_length(msg)
+                try:
+                    await conn.send(msg.to_bytes())
+                except TransportError:
+                    pass  # 18.2.2: the connection is gone: open a new one below
+                else:
+                    self._stats.tcp_messages_out += 1
+                    return
+            await self._send_stream(msg, _response_address(msg, flow.transport))
+            return
+        dest = _response_address(msg, "udp")
+        host = await self._ip_host(dest.host)
+        endpoint = flow.endpoint
+        family = family_of(host)
+        if endpoint is None or endpoint.family != family:
+            endpoint = self._udp_by_family.get(family)
+            if endpoint is None:
+                raise TransportError(f"no udp listener for {host}")
+        await endpoint.send(msg.to_bytes(), host, dest.port)
+
+    async def _send_stream(self, msg: Message, dest: Address) -> None:
+        if dest.transport != "tcp":
+            raise TransportError(f"unsupported transport {dest.transport!r}")
+        host = await self._ip_host(dest.host)
+        if host != dest.host:
+            dest = Address(dest.transport, host, dest.port)
+        _ensure_content_length(msg)
+        data = msg.to_bytes()
+        listener = self._tcp_by_family.get(family_of(host))
+        local_host = listener.local.host if listener is not None else None
+        reused = self.connection(dest) is not None
+        conn = await self._tcp.connection_to(dest, local_host)
+        try:
+            await conn.send(data)
+        except TransportError:
+            if reused:
+                # A reused connection may have died since its last use: one fresh attempt.
+                conn = await self._tcp.connection_to(dest, local_host)
+                await conn.send(data)
+            else:
+                raise
+        self._stats.tcp_messages_out += 1
+
+    async def _ip_host(self, host: str) -> str:
+        # Destinations are normally IP literals (RFC 3263 resolution happens above this layer); a name
+        # (a Via sent-by or maddr) is resolved here so that sendto never blocks on DNS.
+        literal = self._literal.get(host)
+        if literal is None:
+            try:
+                ipaddress.ip_address(host)
+                literal = True
+            except ValueError:
+                literal = False
+            if len(self._literal) >= _LITERAL_CACHE_MAX:
+                self._literal.clear()
+            self._literal[host] = literal
+        if literal:
+            return host
+        try:
+            infos = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise TransportError(f"cannot resolve {host}: {exc}") from exc
+        for family, _type, _proto, _canon, sockaddr in infos:
+            if family in self._udp_by_family or family in self._tcp_by_family:
+                return str(sockaddr[0])
+        raise TransportError(f"no listener for the address family of {host}")
+
+
+def _response_address(msg: Message, transport: str) -> Address:
+    try:
+        return response_address(msg.top_via, transport)
+    except SIPError as exc:
+        raise TransportError(f"cannot route the response by its Via: {exc}") from exc
+
+
+def _ensure_content_length(msg: Message) -> None:
+    # RFC 3261 18.3: on a stream transport Content-Length MUST be present.
+    if not msg.has("Content-Length"):
+        msg.set("Content-Length", str(len(msg.body)))

@@ -1,0 +1,133 @@
+"""Plain data of the transport layer: listener specs, configuration, flows, errors, counters."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from trioproxy.sip import Address, SIPError
+from trioproxy.sip.limits import MAX_MESSAGE_SIZE
+
+if TYPE_CHECKING:
+    from .tcp import TCPConnection
+    from .udp import UDPEndpoint
+
+__all__ = [
+    "TRANSPORTS",
+    "Flow",
+    "Listen",
+    "Malformed",
+    "TransportConfig",
+    "TransportError",
+    "TransportStatistics",
+    "family_of",
+]
+
+# Transports this package serves (TLS and WebSocket come later).
+TRANSPORTS = ("udp", "tcp")
+
+
+class TransportError(Exception):
+    """A message could not be sent (connect refused or timed out, ICMP unreachable, broken connection)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """One listening socket: ``transport`` ``"udp"``/``"tcp"``, ``host`` an IPv4 or IPv6 literal, ``port``
+    (0 picks a free port). ``advertise`` replaces the host in :meth:`Transports.local_address` (for Via and
+    Record-Route) when the socket is bound to a wildcard or a private address."""
+
+    transport: str
+    host: str
+    port: int
+    advertise: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"unsupported transport {self.transport!r} (expected one of {TRANSPORTS})")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port out of range: {self.port}")
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        """``AF_INET6`` for an IPv6 literal, else ``AF_INET``."""
+        return family_of(self.host)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Tunables of :class:`Transports`; times in seconds."""
+
+    # Messages waiting in ``Transports.incoming``; past it UDP datagrams are dropped (and counted) and TCP
+    # readers wait (TCP flow control pushes back on the peer).
+    incoming_capacity: int = 1024
+    # Seconds a TCP connection may stay without traffic either way before it is closed.
+    idle_timeout: float = 300.0
+    # Seconds to establish an outgoing TCP connection.
+    connect_timeout: float = 10.0
+    # Seconds one write on a TCP connection may take before the connection is given up.
+    send_timeout: float = 10.0
+    # Largest message a TCP peer may send; also bounds the per-connection buffer.
+    max_message_size: int = MAX_MESSAGE_SIZE
+    # Connections open at once (accepted and opened); past it new accepts are closed at once.
+    max_connections: int = 10000
+    # Kernel buffer sizes for UDP sockets (None keeps the system default).
+    udp_rcvbuf: int | None = 4 * 1024 * 1024
+    udp_sndbuf: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """The path a message came on: what a response or a request in the other direction reuses.
+
+    ``connection`` is the TCP connection (None for UDP); ``endpoint`` the UDP socket it arrived on.
+    """
+
+    transport: str
+    local: Address
+    remote: Address
+    reliable: bool
+    connection: TCPConnection | None = None
+    endpoint: UDPEndpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request that did not parse but whose start line and top Via did: the proxy may answer it (400...).
+
+    Delivered on ``Transports.incoming`` next to parsed messages; ``error.status`` is the answer to give.
+    """
+
+    data: bytes
+    source: Address
+    flow: Flow
+    error: SIPError
+
+
+@dataclass(slots=True)
+class TransportStatistics:
+    """Counters of :class:`Transports` (a snapshot is returned by ``statistics()``)."""
+
+    udp_datagrams_in: int = 0
+    udp_datagrams_out: int = 0
+    udp_drops: int = 0  # ingress channel full
+    udp_icmp_errors: int = 0  # ICMP unreachable reports read from the socket error queue
+    tcp_messages_in: int = 0
+    tcp_messages_out: int = 0
+    tcp_connections_open: int = 0
+    tcp_connections_opened: int = 0  # outgoing
+    tcp_connections_accepted: int = 0  # incoming
+    tcp_connections_closed: int = 0
+    tcp_connections_refused: int = 0  # over max_connections
+    tcp_idle_closed: int = 0
+    framing_errors: int = 0  # stream could not be framed: connection closed
+    parse_errors: int = 0  # messages that did not parse (dropped or delivered as Malformed)
+    malformed_delivered: int = 0
+    keepalives: int = 0  # RFC 5626 pings answered and pongs/blank datagrams ignored
+    send_errors: int = 0
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    """Address family of an IP literal (``:`` means IPv6)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
