@@ -65,6 +65,7 @@ class DnsResponder:
         self.silent_names: set[str] = set()
         self.servfail_names: set[str] = set()
         self.tcp_queries = 0
+        self._waiters: list[tuple[str, int, trio.Event]] = []
         self.address: tuple[str, int] | None = None
         for name, types in (zone or {}).items():
             for rdtype, texts in types.items():
@@ -75,18 +76,19 @@ class DnsResponder:
     def add(self, name: str, rdtype: str, *texts: str, ttl: int | None = None) -> None:
         """Add records; a text may start with its own TTL as ``ttl=N`` (``"ttl=60 192.0.2.1"``)."""
         rdtype = rdtype.upper()
+        key = (_key(name), rdtype)
+        existing = self._records.get(key)
+        record_ttl = ttl if ttl is not None else self.default_ttl
+        rdatas = [rdata.to_text() for rdata in existing] if existing is not None else []
+        if existing is not None:
+            record_ttl = min(existing.ttl, record_ttl)
         for text in texts:
-            record_ttl = ttl if ttl is not None else self.default_ttl
             if text.startswith("ttl="):
                 first, _, text = text.partition(" ")
-                record_ttl = int(first[4:])
-            rrset = dns.rrset.from_text(_key(name) + ".", record_ttl, "IN", rdtype, text)
-            existing = self._records.get((_key(name), rdtype))
-            if existing is None:
-                self._records[(_key(name), rdtype)] = rrset
-            else:
-                existing.update(rrset)
-                existing.update_ttl(min(existing.ttl, record_ttl))
+                # one RRset has one TTL (RFC 2181 5.2): the smallest given
+                record_ttl = min(record_ttl, int(first[4:])) if rdatas else int(first[4:])
+            rdatas.append(text)
+        self._records[key] = dns.rrset.from_text_list(key[0] + ".", record_ttl, "IN", rdtype, rdatas)
 
     def set(self, name: str, rdtype: str, *texts: str, ttl: int | None = None) -> None:
         """Replace the records of ``name``/``rdtype`` (no texts: remove them)."""
@@ -100,6 +102,13 @@ class DnsResponder:
         if rdtype is not None:
             return self.counts[(key, rdtype.upper())]
         return sum(n for (qname, _), n in self.counts.items() if qname == key)
+
+    async def wait_for_queries(self, name: str, count: int) -> None:
+        """Return once ``name`` has been asked (any type) at least ``count`` times."""
+        if self.count(name) < count:
+            event = trio.Event()
+            self._waiters.append((_key(name), count, event))
+            await event.wait()
 
     @property
     def total(self) -> int:
@@ -116,6 +125,9 @@ class DnsResponder:
         key = _key(question.name)
         rdtype = dns.rdatatype.to_text(question.rdtype)
         self.counts[(key, rdtype)] += 1
+        for waiter in [w for w in self._waiters if w[0] == key and self.count(key) >= w[1]]:
+            self._waiters.remove(waiter)
+            waiter[2].set()
         if self.silent or key in self.silent_names:
             return None
         response = dns.message.make_response(query)
@@ -146,7 +158,9 @@ class DnsResponder:
 
     # -- serving ------------------------------------------------------------------------------------------
 
-    async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve UDP and TCP on 127.0.0.1 (one free port for both) until cancelled; reports (host, port)."""
         udp, tcp = await self._bind()
         with udp, tcp:

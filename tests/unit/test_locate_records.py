@@ -62,7 +62,7 @@ def test_weights_apply_again_to_the_remaining_records() -> None:
     # after the first pick, the next is drawn among the rest by their weights
     records = [srv(10, 10, "ten"), srv(10, 90, "ninety"), srv(10, 900, "big")]
     rng = random.Random(99)
-    seconds = Counter()
+    seconds: Counter[str] = Counter()
     for _ in range(5000):
         ordered = order_srv(records, rng)
         if ordered[0].target == "big":

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from test_transaction_support import BRANCH, TCP_DEST, UDP_DEST, kinds, request, response
 
+from tests.unit.test_transaction_support import BRANCH, TCP_DEST, UDP_DEST, kinds, request, response
 from trioproxy.sip import Address, Request
 from trioproxy.transaction import (
     ClientTransaction,
@@ -69,7 +69,7 @@ def test_invite_udp_retransmits_at_doubling_intervals_then_times_out() -> None:
 
 
 def test_invite_tcp_never_retransmits_and_times_out_at_64_t1() -> None:
-    table, txn, _ = start(dest=TCP_DEST)
+    table, _txn, _ = start(dest=TCP_DEST)
     assert table.next_deadline() == 32.0
     log = run(table, 100.0)
     assert [(t, type(a).__name__) for t, a in log] == [(32.0, "Timeout"), (32.0, "Terminated")]

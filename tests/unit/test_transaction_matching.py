@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from test_transaction_support import BRANCH, TCP, UDP, UDP_DEST, kinds, request, response
 
+from tests.unit.test_transaction_support import BRANCH, TCP, UDP, UDP_DEST, kinds, request, response
 from trioproxy.sip import Request, SIPError, make_response, parse_message_untrusted
 from trioproxy.transaction import (
     AckReceived,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from test_transaction_support import TCP, UDP, FakeFlow, kinds, request, response
 
+from tests.unit.test_transaction_support import TCP, UDP, FakeFlow, kinds, request
 from trioproxy.sip import Request, Response, make_response
 from trioproxy.transaction import (
     AckReceived,
@@ -58,7 +58,7 @@ def test_new_invite_is_passed_up_in_proceeding() -> None:
 
 
 def test_retransmitted_invite_before_any_answer_gets_100_trying() -> None:
-    table, txn, req = receive_new()
+    table, _txn, req = receive_new()
     actions = table.receive(request("INVITE"), UDP, 0.5)
     assert kinds(actions) == ["SendResponse"]
     trying = actions[0].msg  # type: ignore[union-attr]
@@ -91,7 +91,9 @@ def test_non_2xx_retransmitted_on_timer_g_until_timer_h() -> None:
     resends = [t - 1.0 for t, a in log if isinstance(a, SendResponse)]
     assert resends == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
     assert all(a.msg is busy for _, a in log if isinstance(a, SendResponse))
-    assert [(t, type(a).__name__) for t, a in log if not isinstance(a, SendResponse)] == [(33.0, "Terminated")]
+    assert [(t, type(a).__name__) for t, a in log if not isinstance(a, SendResponse)] == [
+        (33.0, "Terminated")
+    ]
     stats = table.statistics()
     assert (stats["ack_timeouts"], stats["retransmissions_sent"], stats["server_invite"]) == (1, 10, 0)
 
@@ -147,7 +149,14 @@ def test_2xx_goes_to_accepted_without_retransmitting_it() -> None:
 
 @pytest.mark.parametrize(
     ("final", "later", "sent"),
-    [(486, 183, False), (486, 404, False), (486, 200, False), (200, 183, False), (200, 404, False), (200, 202, True)],
+    [
+        (486, 183, False),
+        (486, 404, False),
+        (486, 200, False),
+        (200, 183, False),
+        (200, 404, False),
+        (200, 202, True),
+    ],
 )
 def test_tu_responses_after_a_final(final: int, later: int, sent: bool) -> None:
     table, txn, req = receive_new()
@@ -195,12 +204,47 @@ def test_non_invite_final_over_tcp_terminates_at_once() -> None:
 def test_non_invite_proceeding_resends_provisional() -> None:
     table, txn, req = receive_new("SUBSCRIBE")
     trying = make_response(req, 100)
-    table.respond(txn, trying, 0.1)
+    assert table.respond(txn, trying, 3.5) == [SendResponse(trying, UDP, txn)]
     assert txn.state is State.PROCEEDING
-    assert table.receive(request("SUBSCRIBE"), UDP, 0.5) == [SendResponse(trying, UDP, txn)]
+    assert table.receive(request("SUBSCRIBE"), UDP, 7.5) == [SendResponse(trying, UDP, txn)]
     ok = answer(req, 202)
-    table.respond(txn, ok, 0.6)
-    assert table.receive(request("SUBSCRIBE"), UDP, 0.7) == [SendResponse(ok, UDP, txn)]
+    table.respond(txn, ok, 8.0)
+    assert table.receive(request("SUBSCRIBE"), UDP, 11.5) == [SendResponse(ok, UDP, txn)]
+
+
+@pytest.mark.parametrize(
+    ("flow", "status", "at", "sent"),
+    [
+        # RFC 4320 4.1: a 100 over UDP only once the client's Timer E is at T2 (0.5 + 1 + 2 = 3.5 s).
+        (UDP, 100, 3.49, False),
+        (UDP, 100, 3.5, True),
+        (TCP, 100, 0.1, True),
+        # No provisional other than 100, on any transport.
+        (UDP, 180, 10.0, False),
+        (TCP, 183, 10.0, False),
+        # RFC 4320 4.2: never a 408 to a non-INVITE.
+        (UDP, 408, 10.0, False),
+        (TCP, 408, 10.0, False),
+        (UDP, 404, 0.1, True),
+    ],
+)
+def test_rfc_4320_non_invite_responses(flow: FakeFlow, status: int, at: float, sent: bool) -> None:
+    table, txn, req = receive_new("OPTIONS", flow=flow)
+    resp = answer(req, status)
+    actions = table.respond(txn, resp, at)
+    assert (SendResponse(resp, flow, txn) in actions) is sent
+    assert table.statistics()["suppressed"] == (0 if sent else 1)
+    if not sent:
+        assert txn.state is State.TRYING
+
+
+def test_rfc_4320_rules_do_not_touch_invite() -> None:
+    table, txn, req = receive_new("INVITE")
+    for status in (100, 180, 183):
+        resp = answer(req, status)
+        assert table.respond(txn, resp, 0.0) == [SendResponse(resp, UDP, txn)]
+    final = answer(req, 408)
+    assert table.respond(txn, final, 0.1) == [SendResponse(final, UDP, txn)]
 
 
 @pytest.mark.parametrize("provisional", [False, True])
@@ -208,7 +252,8 @@ def test_unanswered_non_invite_ends_after_64_t1(provisional: bool) -> None:
     # RFC 4320: no 408 is sent; once the client's Timer F has fired no answer helps, so it lapses.
     table, txn, req = receive_new("OPTIONS", now=2.0)
     if provisional:
-        table.respond(txn, make_response(req, 100), 3.0)
+        table.respond(txn, make_response(req, 100), 6.0)
+        assert txn.state is State.PROCEEDING
     assert table.next_deadline() == 34.0
     assert [(t, type(a).__name__) for t, a in run(table, 100.0)] == [(34.0, "Terminated")]
     assert table.respond(txn, answer(req, 200), 35.0) == []

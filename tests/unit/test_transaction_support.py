@@ -12,6 +12,7 @@ from trioproxy.sip import Address, Request, Response, make_response, parse_messa
 from trioproxy.transaction import (
     Action,
     ClientTransaction,
+    RequestReceived,
     SendRequest,
     SendResponse,
     ServerTransaction,
@@ -99,12 +100,14 @@ class Link:
     Every Send* action is serialized, optionally dropped (``drop`` sees the message and returns True to
     lose it), parsed again and fed to the other table at the same virtual time. ``wire_log`` records
     ``(now, "a->b" | "b->a", first line, dropped)``; every other action lands in ``events`` with its
-    time and side.
+    time and side; ``uas``, when set, answers each RequestReceived at ``b`` at once.
     """
 
     reliable: bool = False
     timers: Timers = field(default_factory=Timers)
     drop: Callable[[Request | Response], bool] = lambda msg: False
+    # A UAS that answers every new request at once (None: the test answers by hand).
+    uas: Callable[[Request], Response | None] | None = None
     a: TransactionTable = field(init=False)
     b: TransactionTable = field(init=False)
     wire_log: list[tuple[float, str, str, bool]] = field(default_factory=list)
@@ -140,6 +143,10 @@ class Link:
                     queue += [("a", x) for x in self.a.receive(wire(action.msg), None, now)]
             else:
                 self.events.append((now, side, action))
+                if side == "b" and self.uas is not None and isinstance(action, RequestReceived):
+                    answer = self.uas(action.request)
+                    if answer is not None:
+                        queue += [("b", x) for x in self.b.respond(action.txn, answer, now)]
 
     def run_until(self, end: float) -> None:
         """Fire every timer of both tables due up to ``end``, in time order."""

@@ -54,6 +54,8 @@ def test_initial_durations_follow_t1_and_t4() -> None:
     assert t.initial("timer_j", False) == pytest.approx(6.4)
     assert t.initial("timer_k", False) == 2.0
     assert t.initial("timer_i", False) == 2.0
+    assert t.initial("timer_d", False) == 32.0  # at least 32 s (Table 4)
+    assert Timers(t1=1.0, t2=4.0).initial("timer_d", False) == 64.0  # outlasts the server's Timer H
 
 
 def test_every_timer_has_a_duration() -> None:
@@ -82,6 +84,13 @@ def test_timer_e_is_t2_once_proceeding() -> None:
 
 def test_timer_g_doubles_up_to_t2() -> None:
     assert T.schedule("timer_g", 32.0) == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+
+
+def test_time_until_timer_e_reaches_t2() -> None:
+    # RFC 4320 4.1: E is reset to T2 at its third firing, 0.5 + 1 + 2 = 3.5 s after the first send.
+    assert T.e_reaches_t2 == 3.5
+    assert Timers(t1=0.5, t2=0.5).e_reaches_t2 == 0.0
+    assert Timers(t1=1.0, t2=4.0).e_reaches_t2 == 3.0
 
 
 def test_backoff_of_a_non_retransmission_timer_is_an_error() -> None:

@@ -62,7 +62,9 @@ def build_resolver(config: ResolverConfig) -> dns.asyncresolver.Resolver:
             raise ValueError("no nameservers configured and /etc/resolv.conf has none") from exc
     else:
         resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in config.nameservers]
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(host, port) for host, port in config.nameservers
+        ]
     resolver.timeout = config.timeout
     resolver.lifetime = config.lifetime
     resolver.cache = None

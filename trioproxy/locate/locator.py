@@ -5,7 +5,7 @@ Theory of operation: ``locate(uri)`` picks one of four paths from the URI alone 
 1. numeric host: no DNS; the transport is the ``transport`` param or the default (udp for sip, tls for sips);
 2. explicit port: A/AAAA of the host only;
 3. ``transport`` param: SRV of that transport, then A/AAAA with the default port if no SRV;
-4. otherwise NAPTR, then SRV of each usable NAPTR replacement; with no usable NAPTR, SRV of each enabled
+4. otherwise NAPTR (NXDOMAIN there ends the walk, RFC 8020), then SRV of each usable NAPTR replacement; with no usable NAPTR, SRV of each enabled
    transport in preference order; with no SRV at all, A/AAAA with the default transport and port.
 
 Every query goes through the cache. NXDOMAIN and NoAnswer are cached (for the SOA's negative TTL, RFC 2308 5,
@@ -180,10 +180,15 @@ class Locator:
         # RFC 3263 4.2: a transport given explicitly (not by NAPTR) and no port -> SRV of that transport
         if transport is not None:
             if not await self._srv(f"{SRV_PREFIXES[transport]}.{host}", transport, found):
-                found.extend(Address(transport, ip, default_port(transport)) for ip in await self._addresses(host))
+                found.extend(
+                    Address(transport, ip, default_port(transport)) for ip in await self._addresses(host)
+                )
             return
         # RFC 3263 4.1: NAPTR, ordered by order then preference; each replacement is an SRV name
-        naptrs = [r for r in await self._lookup(host, "NAPTR") if isinstance(r, NaptrRecord)]
+        answer, negative = await self._query(host, "NAPTR")
+        if negative == NEGATIVE_NXDOMAIN:
+            return  # RFC 8020: nothing exists at or below a name that does not exist (no SRV, no A)
+        naptrs = [r for r in answer if isinstance(r, NaptrRecord)]
         any_srv = False
         for record, naptr_transport in select_naptr(naptrs, secure=secure, transports=enabled):
             any_srv = await self._srv(record.replacement, naptr_transport, found) or any_srv
@@ -191,7 +196,9 @@ class Locator:
             return
         # RFC 3263 4.1: no (usable) NAPTR -> an SRV query for each supported transport
         for srv_transport in srv_transports(secure, enabled):
-            any_srv = await self._srv(f"{SRV_PREFIXES[srv_transport]}.{host}", srv_transport, found) or any_srv
+            any_srv = (
+                await self._srv(f"{SRV_PREFIXES[srv_transport]}.{host}", srv_transport, found) or any_srv
+            )
         if any_srv:
             return
         # RFC 3263 4.2: no SRV -> A/AAAA of the domain, UDP for sip and TLS for sips, the default port
@@ -239,12 +246,17 @@ class Locator:
 
     async def _lookup(self, name: str, rdtype: str) -> tuple[object, ...]:
         # records of name/rdtype (empty for NXDOMAIN/NoAnswer), from the cache or from DNS
+        records, _ = await self._query(name, rdtype)
+        return records
+
+    async def _query(self, name: str, rdtype: str) -> tuple[tuple[object, ...], str | None]:
+        # (records, None) or ((), NEGATIVE_NXDOMAIN / NEGATIVE_NOANSWER); raises _LookupFailed
         entry = self.cache.get(name, rdtype, self._now())
         if entry is not None:
             self._stats["cache_hits"] += 1
             if entry.negative is not None:
                 self._stats["negative_hits"] += 1
-            return entry.records
+            return entry.records, entry.negative
         self._stats["cache_misses"] += 1
         self._stats["queries"] += 1
         qname = dns.name.from_text(name.rstrip(".") + ".")
@@ -252,10 +264,10 @@ class Locator:
             answer = await self._resolver.resolve(qname, rdtype, search=False, lifetime=self.config.lifetime)
         except dns.resolver.NXDOMAIN as exc:
             self._negative(name, rdtype, NEGATIVE_NXDOMAIN, _exception_responses(exc))
-            return ()
+            return (), NEGATIVE_NXDOMAIN
         except dns.resolver.NoAnswer as exc:
             self._negative(name, rdtype, NEGATIVE_NOANSWER, _exception_responses(exc))
-            return ()
+            return (), NEGATIVE_NOANSWER
         except dns.resolver.NoNameservers as exc:
             self._stats["failures_servfail"] += 1
             raise _LookupFailed("servfail") from exc
@@ -267,12 +279,14 @@ class Locator:
             raise _LookupFailed("error") from exc
         records = _records(answer, rdtype)
         self.cache.put(name, rdtype, records, answer.chaining_result.minimum_ttl, self._now())
-        return records
+        return records, None
 
     def _negative(self, name: str, rdtype: str, kind: str, responses: list[dns.message.Message]) -> None:
         self._stats["negative_answers"] += 1
         ttl = _soa_negative_ttl(responses)
-        self.cache.put_negative(name, rdtype, kind, self.config.negative_ttl if ttl is None else ttl, self._now())
+        self.cache.put_negative(
+            name, rdtype, kind, self.config.negative_ttl if ttl is None else ttl, self._now()
+        )
 
 
 def _exception_responses(exc: dns.exception.DNSException) -> list[dns.message.Message]:
@@ -309,7 +323,11 @@ def _records(answer: dns.resolver.Answer, rdtype: str) -> tuple[object, ...]:
     if rdtype == "NAPTR":
         return tuple(
             NaptrRecord(
-                rr.order, rr.preference, _text(rr.flags), _text(rr.service), _text(rr.regexp),
+                rr.order,
+                rr.preference,
+                _text(rr.flags),
+                _text(rr.service),
+                _text(rr.regexp),
                 _name_text(rr.replacement),
             )
             for rr in rrset

@@ -24,7 +24,7 @@ import redis
 import trio
 
 from .binding import Binding
-from .store import Guard
+from .store import Guard, Plan, after_change
 
 __all__ = ["RedisStore"]
 
@@ -173,12 +173,15 @@ class RedisStore:
     async def _run(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
-    async def get(self, aor: str, now: float) -> list[Binding]:
-        """Bindings of `aor` not expired at `now`."""
+    def _get_sync(self, aor: str, now: float) -> list[Binding]:
         key = self._set_key(aor)
-        values = await self._run(lambda: self._get(keys=[key, self._index], args=[key + ":", aor]))
+        values = self._get(keys=[key, self._index], args=[key + ":", aor])
         bindings = [Binding.from_json(v) for v in values]
         return [b for b in bindings if b.expires_at > now]
+
+    async def get(self, aor: str, now: float) -> list[Binding]:
+        """Bindings of `aor` not expired at `now`."""
+        return await self._run(lambda: self._get_sync(aor, now))
 
     async def put(self, binding: Binding) -> None:
         """Insert or replace the binding with the same aor and contact."""
@@ -193,6 +196,11 @@ class RedisStore:
         guard: Guard | None = None,
     ) -> bool:
         """Apply puts and removals in one script, or nothing if `guard` blocks a touched binding."""
+        return await self._run(lambda: self._update_sync(aor, puts, removes, guard))
+
+    def _update_sync(
+        self, aor: str, puts: Sequence[Binding], removes: Sequence[str], guard: Guard | None
+    ) -> bool:
         key = self._set_key(aor)
         live: list[str] = []
         gone = list(removes)
@@ -204,8 +212,26 @@ class RedisStore:
                 gone.append(b.contact)
         args: list[str] = [key + ":", aor, guard[0] if guard else "", str(guard[1] if guard else 0)]
         args += ["1" if guard else "0", str(len(live) // 3), *live, *gone]
-        result = await self._run(lambda: self._update(keys=[key, self._index], args=args))
-        return bool(result)
+        return bool(self._update(keys=[key, self._index], args=args))
+
+    async def transact(
+        self, aor: str, now: float, plan: Plan, *, guard: Guard | None = None
+    ) -> list[Binding] | None:
+        """Read, plan and write in one worker-thread call (two scripts, two round trips).
+
+        Another instance may change the AOR between the two scripts; the write script re-checks the
+        Call-ID/CSeq `guard` atomically, so a REGISTER overtaken by a newer one fails (None) instead of
+        undoing it.
+        """
+
+        def run() -> list[Binding] | None:
+            snapshot = self._get_sync(aor, now)
+            puts, removes = plan(snapshot)
+            if not self._update_sync(aor, puts, removes, guard):
+                return None
+            return after_change(snapshot, puts, removes)
+
+        return await self._run(run)
 
     async def delete(self, aor: str, contact: str) -> bool:
         """Remove one binding; True if it existed."""

@@ -9,6 +9,7 @@ processed completely or not at all"): the whole update is planned against a snap
 from __future__ import annotations
 
 import email.utils
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ import trio
 from trioproxy.sip import NameAddr, Request, Response, SIPError, make_response, parse_uri_untrusted
 
 from .binding import AddressLike, Binding, aor_key, format_source
-from .store import Guard, LocationStore, guard_blocks
+from .store import Guard, LocationStore, Plan, guard_blocks
 
 __all__ = ["Registrar", "RegistrarPolicy", "order_bindings", "stages"]
 
@@ -101,6 +102,69 @@ def _has_option(request: Request, header: str, tag: str) -> bool:
     return any(v.strip().lower() == tag for v in request.get_all(header))
 
 
+def _match(current: dict[str, Binding], entry: Binding) -> Binding | None:
+    # RFC 5626 6: a binding with the same +sip.instance and reg-id is the same flow's registration.
+    if entry.instance is not None and entry.reg_id is not None:
+        for b in current.values():
+            if b.instance == entry.instance and b.reg_id == entry.reg_id:
+                return b
+    # RFC 3261 10.3 step 7: otherwise the contact URIs are compared with the rules of 19.1.4.
+    found = current.get(entry.contact)
+    if found is not None:
+        return found
+    for b in current.values():
+        if _contact_uri_equal(b.contact, entry.contact):
+            return b
+    return None
+
+
+def _plan_star(guard: Guard, snapshot: list[Binding]) -> tuple[list[Binding], list[str]]:
+    # 10.3 step 6, "Contact: *": every binding goes, unless one has the same Call-ID and a CSeq not lower
+    # than the request's; then the whole request fails.
+    for b in snapshot:
+        if guard_blocks(b.call_id, b.cseq, guard):
+            raise _Reject(500, "Server Internal Error")
+    return [], [b.contact for b in snapshot]
+
+
+def _plan_bindings(
+    policy: RegistrarPolicy, entries: list[Binding], guard: Guard, snapshot: list[Binding]
+) -> tuple[list[Binding], list[str]]:
+    """The puts and removals a REGISTER makes on `snapshot` (pure; may run in a store's worker thread)."""
+    current = {b.contact: b for b in snapshot}
+    puts: dict[str, Binding] = {}
+    removes: set[str] = set()
+    for entry in entries:
+        match = _match(current, entry)
+        if match is not None:
+            # 10.3 step 7: same Call-ID and a CSeq not higher than stored -> "the update MUST be aborted
+            # and the request fails". Since bindings are committed all or none (same step, last
+            # paragraph), the whole REGISTER fails with 500 and nothing changes.
+            if match.contact not in puts and guard_blocks(match.call_id, match.cseq, guard):
+                raise _Reject(500, "Server Internal Error")
+            del current[match.contact]
+            puts.pop(match.contact, None)
+            if match.contact != entry.contact or entry.expires_at <= entry.last_modified:
+                removes.add(match.contact)
+        if entry.expires_at <= entry.last_modified:  # expires 0: removal
+            removes.add(entry.contact)
+            continue
+        removes.discard(entry.contact)
+        puts[entry.contact] = entry
+        current[entry.contact] = entry
+
+    limit = policy.max_contacts
+    if limit and len(current) > limit:
+        # Past the limit: refuse, or drop the least recently refreshed bindings this REGISTER does not carry.
+        victims = sorted((b for b in current.values() if b.contact not in puts), key=lambda b: b.last_modified)
+        excess = len(current) - limit
+        if policy.on_too_many == "reject" or excess > len(victims):
+            raise _Reject(403, "Too Many Registered Contacts")
+        for b in victims[:excess]:
+            removes.add(b.contact)
+    return list(puts.values()), sorted(removes)
+
+
 class Registrar:
     """REGISTER processing over a `LocationStore`; times are epoch seconds passed in by the caller."""
 
@@ -157,11 +221,26 @@ class Registrar:
         self, request: Request, aor: str, now: float, received: AddressLike | str | None, flags: int
     ) -> Response:
         contacts = request.contacts
-        current = await self.store.get(aor, now)
         paths: tuple[str, ...] = ()
-        if contacts:
+        if not contacts:
+            current = await self.store.get(aor, now)  # 10.3: no Contact, a query
+        else:
             paths = self._paths(request)
-            current = await self._apply(request, aor, contacts, current, paths, now, received, flags)
+            guard: Guard = (request.call_id, request.cseq.seq)
+            plan: Plan
+            if any(c.is_star for c in contacts):
+                # 10.3 step 6: "*" only alone and with Expires: 0.
+                if len(contacts) != 1 or request.expires != 0:
+                    raise _Reject(400, "Invalid Contact: * needs Expires: 0 and no other Contact")
+                plan = functools.partial(_plan_star, guard)
+            else:
+                entries = self._entries(request, aor, contacts, paths, now, received, flags)
+                plan = functools.partial(_plan_bindings, self.policy, entries, guard)
+            result = await self.store.transact(aor, now, plan, guard=guard)
+            if result is None:
+                # Another REGISTER with a higher CSeq (on another instance) got there first.
+                raise _Reject(500, "Server Internal Error")
+            current = result
         # 10.3 step 8: the 200 lists every current binding with its expires; Path echoed (RFC 3327 5.3).
         headers: list[tuple[str, str]] = [("Contact", self._contact_value(b, now)) for b in current]
         headers += [("Path", p) for p in paths]
@@ -189,99 +268,34 @@ class Registrar:
             raise _Reject(423, "Interval Too Brief", (("Min-Expires", str(self.policy.min_expires)),))
         return min(value, self.policy.max_expires)
 
-    async def _apply(
+    def _entries(
         self,
         request: Request,
         aor: str,
         contacts: list[NameAddr],
-        current: list[Binding],
         paths: tuple[str, ...],
         now: float,
         received: AddressLike | str | None,
         flags: int,
     ) -> list[Binding]:
+        # Everything the request says, checked and turned into bindings before the store is touched; an
+        # entry with expires_at == now asks for removal.
         call_id = request.call_id
         cseq = request.cseq.seq
-        guard: Guard = (call_id, cseq)
-
-        if any(c.is_star for c in contacts):
-            # 10.3 step 6: "*" only alone and with Expires: 0.
-            if len(contacts) != 1 or request.expires != 0:
-                raise _Reject(400, "Invalid Contact: * needs Expires: 0 and no other Contact")
-            for b in current:
-                if guard_blocks(b.call_id, b.cseq, guard):
-                    raise _Reject(500, "Server Internal Error")
-            if not await self.store.update(aor, (), [b.contact for b in current], guard=guard):
-                raise _Reject(500, "Server Internal Error")
-            return []
-
-        by_contact = {b.contact: b for b in current}
-        puts: dict[str, Binding] = {}
-        removes: set[str] = set()
         user_agent = request.get("User-Agent")
         socket = self._socket_of(request)
+        entries = []
         for na in contacts:
             expires = self._expires_of(na, request)
-            instance = _unquote(na.params.get("+sip.instance"))
-            reg_id = self._reg_id(na)
-            contact = str(na.uri)
-            match = self._match(list(by_contact.values()), contact, instance, reg_id)
-            if match is not None:
-                # 10.3 step 7: same Call-ID and CSeq not higher -> the update is aborted and the request
-                # fails; all-or-nothing commit means 500 (RFC 3261 10.3 step 7, last paragraph).
-                if match.contact not in puts and guard_blocks(match.call_id, match.cseq, guard):
-                    raise _Reject(500, "Server Internal Error")
-                if match.contact != contact:
-                    # RFC 5626 6: same instance and reg-id -> the new contact replaces the old binding.
-                    removes.add(match.contact)
-                    by_contact.pop(match.contact, None)
-                    puts.pop(match.contact, None)
-            if expires == 0:
-                target = match.contact if match is not None else contact
-                removes.add(target)
-                by_contact.pop(target, None)
-                puts.pop(target, None)
-                continue
             source = received if received is not None else _unquote(na.params.get("received"))
-            binding = Binding(
-                aor=aor, contact=contact, expires_at=now + expires, q=na.q, call_id=call_id, cseq=cseq,
-                path=paths, received=format_source(source) if source is not None else None,
-                socket=socket, instance=instance, reg_id=reg_id, user_agent=user_agent,
-                last_modified=now, flags=flags,
+            entry = Binding(
+                aor=aor, contact=str(na.uri), expires_at=now + expires, q=na.q, call_id=call_id,
+                cseq=cseq, path=paths, received=format_source(source) if source is not None else None,
+                socket=socket, instance=_unquote(na.params.get("+sip.instance")), reg_id=self._reg_id(na),
+                user_agent=user_agent, last_modified=now, flags=flags,
             )  # fmt: skip
-            removes.discard(contact)
-            puts[contact] = binding
-            by_contact[contact] = binding
-
-        result = list(by_contact.values())
-        limit = self.policy.max_contacts
-        if limit and len(result) > limit:
-            if self.policy.on_too_many == "reject":
-                raise _Reject(403, "Too Many Registered Contacts")
-            # Drop the least recently refreshed bindings that this REGISTER does not carry.
-            victims = sorted((b for b in result if b.contact not in puts), key=lambda b: b.last_modified)
-            excess = len(result) - limit
-            if excess > len(victims):
-                raise _Reject(403, "Too Many Registered Contacts")
-            for b in victims[:excess]:
-                removes.add(b.contact)
-                by_contact.pop(b.contact)
-            result = list(by_contact.values())
-        if not await self.store.update(aor, list(puts.values()), sorted(removes), guard=guard):
-            # Another REGISTER with a higher CSeq (on another instance) got there first.
-            raise _Reject(500, "Server Internal Error")
-        return result
-
-    @staticmethod
-    def _match(current: list[Binding], contact: str, instance: str | None, reg_id: int | None) -> Binding | None:
-        if instance is not None and reg_id is not None:
-            for b in current:
-                if b.instance == instance and b.reg_id == reg_id:
-                    return b
-        for b in current:
-            if _contact_uri_equal(b.contact, contact):
-                return b
-        return None
+            entries.append(entry)
+        return entries
 
     @staticmethod
     def _reg_id(contact: NameAddr) -> int | None:

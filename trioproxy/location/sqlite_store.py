@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import trio
 
 from .binding import Binding
-from .store import Guard, guard_blocks
+from .store import Guard, Plan, after_change, guard_blocks
 
 __all__ = ["SqliteStore"]
 
@@ -155,6 +155,25 @@ class SqliteStore:
             db.executemany("DELETE FROM bindings WHERE aor = ? AND contact = ?", [(aor, c) for c in removes])
             db.executemany(_INSERT, [_row(b) for b in puts])
             return True
+
+        return await self._run(lambda: self._write(apply))
+
+    async def transact(
+        self, aor: str, now: float, plan: Plan, *, guard: Guard | None = None
+    ) -> list[Binding] | None:
+        """Read, plan and write in one IMMEDIATE transaction in one worker-thread call.
+
+        The write lock is held from the read on, so no other writer (thread or process) can slip in and
+        the plan's own Call-ID/CSeq checks on the snapshot are final.
+        """
+
+        def apply(db: sqlite3.Connection) -> list[Binding]:
+            cur = db.execute(f"SELECT {_COLUMNS} FROM bindings WHERE aor = ? AND expires_at > ?", (aor, now))
+            snapshot = [_binding(r) for r in cur.fetchall()]
+            puts, removes = plan(snapshot)
+            db.executemany("DELETE FROM bindings WHERE aor = ? AND contact = ?", [(aor, c) for c in removes])
+            db.executemany(_INSERT, [_row(b) for b in puts])
+            return after_change(snapshot, puts, removes)
 
         return await self._run(lambda: self._write(apply))
 

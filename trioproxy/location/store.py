@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from .binding import Binding
@@ -11,6 +11,8 @@ __all__ = [
     "Guard",
     "LocationStore",
     "MemoryStore",
+    "Plan",
+    "after_change",
     "guard_blocks",
     "open_store",
 ]
@@ -18,6 +20,17 @@ __all__ = [
 # (Call-ID, CSeq) of the REGISTER performing an update. RFC 3261 10.3 step 7: a stored binding with the
 # same Call-ID and a CSeq not lower than the request's is newer than the request, so the update aborts.
 Guard = tuple[str, int]
+
+# A registrar's decision, given the AOR's current bindings: (bindings to put, contacts to remove). Pure and
+# synchronous (a backend may run it in its worker thread); it may raise to abort the change.
+Plan = Callable[[list[Binding]], tuple[Sequence[Binding], Sequence[str]]]
+
+
+def after_change(snapshot: list[Binding], puts: Sequence[Binding], removes: Sequence[str]) -> list[Binding]:
+    """The bindings of an AOR once `puts` and `removes` are applied to `snapshot`."""
+    gone = set(removes)
+    gone.update(b.contact for b in puts)
+    return [b for b in snapshot if b.contact not in gone] + list(puts)
 
 
 def guard_blocks(stored_call_id: str, stored_cseq: int, guard: Guard | None) -> bool:
@@ -29,8 +42,10 @@ def guard_blocks(stored_call_id: str, stored_cseq: int, guard: Guard | None) -> 
 class LocationStore(Protocol):
     """Address-of-record -> bindings. Every backend implements this; times are epoch seconds.
 
-    `get` never returns bindings expired at `now`. `update` is the registrar's atomic step: either every
-    put and removal is applied, or (when `guard` blocks any binding touched) none is and it returns False.
+    `get` never returns bindings expired at `now`. `update` applies puts and removals atomically: all of
+    them, or (when `guard` blocks any binding touched) none, returning False. `transact` is the registrar's
+    step: read the AOR's bindings at `now`, let `plan` decide, apply with `update`'s rule, and return the
+    bindings after the change (None when `guard` blocked it); backends do it in one worker-thread call.
     """
 
     async def get(self, aor: str, now: float) -> list[Binding]: ...
@@ -45,6 +60,10 @@ class LocationStore(Protocol):
         *,
         guard: Guard | None = None,
     ) -> bool: ...
+
+    async def transact(
+        self, aor: str, now: float, plan: Plan, *, guard: Guard | None = None
+    ) -> list[Binding] | None: ...
 
     async def delete(self, aor: str, contact: str) -> bool: ...
 
@@ -88,6 +107,20 @@ class MemoryStore:
         guard: Guard | None = None,
     ) -> bool:
         """Apply puts and removals atomically, or nothing if `guard` blocks a touched binding."""
+        return self._update(aor, puts, removes, guard)
+
+    async def transact(
+        self, aor: str, now: float, plan: Plan, *, guard: Guard | None = None
+    ) -> list[Binding] | None:
+        """Read, plan and update with no await in between (atomic in the trio loop)."""
+        contacts = self._aors.get(aor)
+        snapshot = [b for b in contacts.values() if b.expires_at > now] if contacts else []
+        puts, removes = plan(snapshot)
+        if not self._update(aor, puts, removes, guard):
+            return None
+        return after_change(snapshot, puts, removes)
+
+    def _update(self, aor: str, puts: Sequence[Binding], removes: Sequence[str], guard: Guard | None) -> bool:
         contacts = self._aors.get(aor, {})
         for contact in [b.contact for b in puts] + list(removes):
             old = contacts.get(contact)

@@ -17,7 +17,7 @@ from .ksr_modules import apply_contacts, sanity_problem
 from .services import RouteServices
 from .state import RequestState
 
-__all__ = ["EFFECT_SHIMS", "HANDLERS", "END_EFFECTS"]
+__all__ = ["EFFECT_SHIMS", "END_EFFECTS", "HANDLERS"]
 
 EFFECT_SHIMS: dict[str, dict[str, str]] = {
     "": {"drop": "drop"},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from trioproxy.sip import NameAddr, Request, SIPError, parse_uri_untrusted
 
@@ -247,7 +247,7 @@ class Nathelper(_Mod):
         contacts = [c for c in msg.contacts if not c.is_star] if msg.has("Contact") else []
         via = msg.top_via
         via_host, via_port = via.sent_by
-        checks = [
+        checks: list[tuple[int, Callable[[], bool]]] = [
             (1, lambda: any(_private(c.uri.host) for c in contacts)),
             (2, lambda: src is not None and via_host != src.host),
             (4, lambda: _private(via_host)),

@@ -148,28 +148,21 @@ def split_unquoted(text: str, sep: str) -> list[str]:
     return out
 
 
-_GEN_VALUE_RE = re.compile(r'[A-Za-z0-9\-.!%*_+`\'~:\[\]]+|"(?:[^"\\]|\\.)*"', re.S)
+# RFC 3261 25.1: generic-param = token [ EQUAL gen-value ]; gen-value = token / host / quoted-string;
+# SEMI and EQUAL allow LWS (already unfolded to SP here) around them.
+PARAM = (
+    r"[ \t]*+;[ \t]*+([A-Za-z0-9\-.!%*_+`'~]++)"
+    r"(?:[ \t]*+=[ \t]*+([A-Za-z0-9\-.!%*_+`'~:\[\]]++|\"(?:[^\"\\]|\\.)*+\"))?+"
+)
+_PARAMS_RE = re.compile(rf"(?:{PARAM})*+[ \t]*+", re.S)
+PARAM_FINDALL = re.compile(PARAM, re.S).findall
 
 
 def parse_params(text: str, what: str = "Parameter") -> dict[str, str | None]:
-    """Parse ``;name=value;flag`` (text starts after the first ``;`` or is empty): names lowercased."""
-    params: dict[str, str | None] = {}
-    if not text.strip():
-        return params
-    for part in split_unquoted(text, ";"):
-        name, eq, val = part.partition("=")
-        name = name.strip(" \t")
-        if not _TOKEN_RE.fullmatch(name):
-            raise SIPError(400, f"Bad {what}")
-        if eq:
-            val = val.strip(" \t")
-            # RFC 3261 25.1 generic-param: gen-value = token / host / quoted-string
-            if not _GEN_VALUE_RE.fullmatch(val):
-                raise SIPError(400, f"Bad {what} Value")
-            params[name.lower()] = val
-        else:
-            params[name.lower()] = None
-    return params
+    """Parse ``;name=value;flag`` parameters (``text`` starts at the first ``;``); names lowercased."""
+    if not _PARAMS_RE.fullmatch(text):
+        raise SIPError(400, f"Bad {what}")
+    return {name.lower(): (value or None) for name, value in PARAM_FINDALL(text)}
 
 
 def format_params(params: dict[str, str | None]) -> str:

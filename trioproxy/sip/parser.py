@@ -9,6 +9,7 @@ needs on arrival.
 from __future__ import annotations
 
 import re
+from operator import is_
 
 from .errors import SIPError
 from .headers import _KEY_CACHE, header_key
@@ -18,6 +19,11 @@ from .message import Request, Response
 __all__ = ["parse_message_untrusted"]
 
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_COMMON_METHODS = frozenset(
+    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE",
+     "INFO", "PRACK", "UPDATE", "REFER")
+)  # fmt: skip
+_FOLD_RE = re.compile(r"\n[ \t]")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
 
 
@@ -75,27 +81,25 @@ def _parse(data: bytes) -> Request | Response:
             raise SIPError(400, "Bare CR or LF")
         lines = head.split("\n")
         body = data[end + 2 :]
-    if "\n " in head or "\n\t" in head:
+    if _FOLD_RE.search(head) is not None:
         lines = _unfold(lines)
     if len(lines) > MAX_HEADERS + 1:
         raise SIPError(400, "Too Many Headers")
-    if max(map(len, lines)) > MAX_LINE_LENGTH:
+    if len(head) > MAX_LINE_LENGTH and max(map(len, lines)) > MAX_LINE_LENGTH:
         if len(lines[0]) > MAX_LINE_LENGTH and not lines[0].startswith("SIP/"):
             raise SIPError(414, "Request-URI Too Long")
         raise SIPError(400, "Line Too Long")
 
     start = lines[0]
     del lines[0]
-    keys: list[str] = []
-    append = keys.append
-    cache_get = _KEY_CACHE.get
-    for line in lines:
-        c = line.find(":")
-        if c <= 0:
-            raise SIPError(400, "Bad Header Line")
-        name = line[:c]
-        key = cache_get(name)
-        append(key if key is not None else header_key(name))
+    # Header names as written -> keys, through the cache of names already seen; a line without a colon
+    # partitions to itself (RFC 3261 7.3: every header line is name HCOLON value).
+    names = [line.partition(":")[0] for line in lines]
+    keys: list[str | None] = list(map(_KEY_CACHE.get, names))
+    if any(map(is_, names, lines)):
+        raise SIPError(400, "Bad Header Line")
+    if None in keys:
+        keys = [key if key is not None else header_key(name) for key, name in zip(keys, names, strict=True)]
 
     msg: Request | Response
     if start.startswith("SIP/"):
@@ -103,7 +107,7 @@ def _parse(data: bytes) -> Request | Response:
     else:
         msg = _request_line(start)
     msg._lines = lines
-    msg._keys = keys
+    msg._keys = keys  # type: ignore[assignment]  # no None left
     msg._cache = {}
     msg.source = None
     msg.flow = None
@@ -131,7 +135,7 @@ def _request_line(start: str) -> Request:
     if len(parts) != 3:
         raise SIPError(400, "Bad Request-Line")
     method, uri, version = parts
-    if not _METHOD_RE.fullmatch(method):
+    if method not in _COMMON_METHODS and not _METHOD_RE.fullmatch(method):
         raise SIPError(400, "Bad Method")
     if not uri or "\t" in uri:
         raise SIPError(400, "Bad Request-URI")

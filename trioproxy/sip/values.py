@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .errors import SIPError
-from .headers import format_params, parse_params
+from .headers import PARAM, PARAM_FINDALL, format_params, parse_params
 from .uri import URI, parse_uri_untrusted
 
 __all__ = ["CSeq", "NameAddr", "Via"]
@@ -15,10 +15,12 @@ __all__ = ["CSeq", "NameAddr", "Via"]
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 # RFC 3261 20.42: sent-protocol = protocol-name SLASH protocol-version SLASH transport; SLASH = SWS "/" SWS
 _VIA_RE = re.compile(
-    rf"\s*+({_TOKEN})\s*+/\s*+({_TOKEN})\s*+/\s*+({_TOKEN})\s++(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]++)"
-    r"(?:\s*+:\s*+([0-9]{1,5}))?+\s*+(?:;(.*))?",
+    rf"[ \t]*+({_TOKEN})[ \t]*+/[ \t]*+({_TOKEN})[ \t]*+/[ \t]*+({_TOKEN})[ \t]++"
+    r"(\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9\-.]++)(?:[ \t]*+:[ \t]*+([0-9]{1,5}))?+"
+    rf"((?:{PARAM})*+)[ \t]*+",
     re.S,
 )
+_CSEQ_RE = re.compile(rf"[ \t]*+([0-9]{{1,10}})[ \t]++({_TOKEN})[ \t]*+")
 _TOKEN_RE = re.compile(_TOKEN)
 _DISPLAY_TOKENS_RE = re.compile(rf"{_TOKEN}(?:[ \t]+{_TOKEN})*")
 _QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
@@ -39,22 +41,30 @@ class Via:
         m = _VIA_RE.fullmatch(value)
         if m is None:
             raise SIPError(400, "Bad Via")
-        name, version, transport, host, port, params = m.groups()
-        if name.upper() != "SIP" or version != "2.0":
+        name, version, transport, host, port, params = m.group(1, 2, 3, 4, 5, 6)
+        if (name != "SIP" and name.upper() != "SIP") or version != "2.0":
             raise SIPError(400, "Bad Via Protocol")
-        if host.startswith("["):
+        if host[0] == "[":
             host = host[1:-1]
             if host.count(":") < 2:
                 raise SIPError(400, "Bad Via Host")
-        via = cls(transport.upper(), host)
         if port is not None:
             p = int(port)
             if p > 65535:
                 raise SIPError(400, "Bad Via Port")
-            via.port = p
-        if params is not None:
-            via.params = parse_params(params, "Via Parameter")
-        return via
+        else:
+            p = None
+        d: dict[str, str | None] = {}
+        if params:
+            if '"' in params or " " in params or "\t" in params:
+                for k, v in PARAM_FINDALL(params):
+                    d[k.lower()] = v or None
+            else:
+                # Already validated by the regex: plain ;name=value pieces.
+                for part in params[1:].split(";"):
+                    k, _, v = part.partition("=")
+                    d[k.lower()] = v or None
+        return cls(transport if transport.isupper() else transport.upper(), host, p, d)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -166,7 +176,7 @@ class NameAddr:
         if rest:
             if not rest.startswith(";"):
                 raise SIPError(400, "Bad name-addr")
-            params = parse_params(rest[1:], "Header Parameter")
+            params = parse_params(rest, "Header Parameter")
         else:
             params = {}
         return cls(display, uri, params)
@@ -221,15 +231,13 @@ class CSeq:
     @classmethod
     def parse_untrusted(cls, value: str) -> CSeq:
         """Parse a CSeq value; SIPError 400 when malformed."""
-        parts = value.split()
-        if len(parts) != 2:
+        m = _CSEQ_RE.fullmatch(value)
+        if m is None:
             raise SIPError(400, "Bad CSeq")
-        seq, method = parts
-        if not seq.isdigit() or not seq.isascii() or len(seq) > 12 or int(seq) >= 2**31:
+        seq = int(m.group(1))
+        if seq >= 2**31:
             raise SIPError(400, "Bad CSeq")
-        if not _TOKEN_RE.fullmatch(method):
-            raise SIPError(400, "Bad CSeq Method")
-        return cls(int(seq), method)
+        return cls(seq, m.group(2))
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"

@@ -41,7 +41,7 @@ _COMPACT_MIN = 1024
 _COUNTERS = (
     "client_invite", "client_non_invite", "server_invite", "server_non_invite", "clients_created",
     "servers_created", "retransmissions_sent", "retransmissions_received", "absorbed", "timeouts",
-    "ack_timeouts", "transport_errors", "stray_responses", "acks_passed_up", "terminated",
+    "ack_timeouts", "transport_errors", "stray_responses", "acks_passed_up", "terminated", "suppressed",
 )  # fmt: skip
 
 
@@ -118,7 +118,6 @@ class TransactionTable:
         self._servers[key] = txn
         self._stats["servers_created"] += 1
         self._stats["server_invite" if txn.invite else "server_non_invite"] += 1
-        machine = INVITE_SERVER if txn.invite else NON_INVITE_SERVER
         if method == "CANCEL":
             # 9.2: the CANCEL matches the INVITE server transaction with the same key (method INVITE).
             target = self._servers.get(server_key(request, "INVITE"))
@@ -127,7 +126,7 @@ class TransactionTable:
             out.append(CancelReceived(request, flow, target, txn))
         else:
             out.append(RequestReceived(txn, request))
-        self._apply(txn, machine, machine.start, now, None, None, out)
+        self._apply(txn, _START_PLANS[(False, txn.invite)], now, None, None, out)
 
     # -- inputs from the TU ------------------------------------------------------------------------
 
@@ -154,8 +153,7 @@ class TransactionTable:
         self._stats["clients_created"] += 1
         self._stats["client_invite" if txn.invite else "client_non_invite"] += 1
         out: list[Action] = [SendRequest(request, dest, txn)]
-        machine = INVITE_CLIENT if txn.invite else NON_INVITE_CLIENT
-        self._apply(txn, machine, machine.start, now, None, None, out)
+        self._apply(txn, _START_PLANS[(True, txn.invite)], now, None, None, out)
         if method == "CANCEL":
             invite = self._clients.get(client_key(branch, "INVITE"))
             if invite is not None:
@@ -163,13 +161,20 @@ class TransactionTable:
         return txn, out
 
     def respond(self, server_txn: ServerTransaction, response: Response, now: float) -> list[Action]:
-        """Send ``response`` through ``server_txn``; ignored (no actions) when the state does not allow it."""
+        """Send ``response`` through ``server_txn``; ignored (no actions) when the state does not allow it.
+
+        For a non-INVITE, RFC 4320 responses are suppressed too: a 408, a provisional other than 100,
+        and a 100 over an unreliable transport before the client's Timer E reached T2.
+        """
         out: list[Action] = []
         if self._servers.get(server_txn.key) is not server_txn:
             return out
         status = response.status
         if not 100 <= status <= 699:
             raise ValueError(f"bad status {status}")
+        if not server_txn.invite and self._rfc4320_forbids(server_txn, status, now):
+            self._stats["suppressed"] += 1
+            return out
         if status < 200:
             event = "tu_1xx"
         elif not server_txn.invite:
@@ -178,6 +183,16 @@ class TransactionTable:
             event = "tu_2xx" if status < 300 else "tu_300-699"
         self._input(server_txn, event, now, response, None, out)
         return out
+
+    def _rfc4320_forbids(self, txn: ServerTransaction, status: int, now: float) -> bool:
+        # RFC 4320 4.2: "A transaction-stateful SIP element MUST NOT send a response with Status-Code of
+        # 408 to a non-INVITE request"; 4.1: no provisional other than 100, and no 100 over an unreliable
+        # transport before "the amount of time it takes a client transaction's Timer E to be reset to T2".
+        if status == 408:
+            return True
+        if 100 < status < 200:
+            return True
+        return status == 100 and not txn.reliable and now - txn.created < self.timers.e_reaches_t2
 
     def transport_error(self, txn: Transaction, now: float) -> list[Action]:
         """The transport failed to send for ``txn`` (17.1.4, 17.2.4): it terminates.
@@ -251,36 +266,34 @@ class TransactionTable:
         self, txn: Transaction, event: str, now: float, msg: Request | Response | None, flow: object,
         out: list[Action],
     ) -> None:  # fmt: skip
-        machine = _machine(txn)
-        step = machine.table.get((txn.state, event))
-        if step is None:
+        plan = _PLANS[(type(txn) is ClientTransaction, txn.invite)].get((txn.state, event))
+        if plan is None:
             self._stats["absorbed"] += 1
             return
-        self._apply(txn, machine, step, now, msg, flow, out)
+        self._apply(txn, plan, now, msg, flow, out)
 
     def _apply(
-        self, txn: Transaction, machine: Machine, step: Step, now: float, msg: Request | Response | None,
-        flow: object, out: list[Action],
+        self, txn: Transaction, plan: _Plan, now: float, msg: Request | Response | None, flow: object,
+        out: list[Action],
     ) -> None:  # fmt: skip
-        if step.state is not txn.state:
-            txn.state = step.state
-            allowed = machine.state_timers.get(step.state, frozenset())
-            for name in [n for n in txn._timers if n not in allowed]:
-                del txn._timers[name]
+        state, allowed, ops = plan
+        timers = txn._timers
+        if state is not txn.state:
+            txn.state = state
+            for name in [n for n in timers if n not in allowed]:
+                del timers[name]
                 self._stale += 1
         immediate: list[str] = []
-        for effect in step.effects:
-            if effect.startswith("start_"):
-                name = "timer_" + effect[6:]
-                if self._start(txn, name, now):
-                    immediate.append(name)
-            elif effect.startswith("backoff_"):
-                name = "timer_" + effect[8:]
-                txn.interval = self.timers.backoff(name, txn.interval, txn.state is State.PROCEEDING)
-                self._arm(txn, name, now + txn.interval)
+        for op, arg in ops:
+            if op == _START:
+                if self._start(txn, arg, now):
+                    immediate.append(arg)
+            elif op == _BACKOFF:
+                txn.interval = self.timers.backoff(arg, txn.interval, state is State.PROCEEDING)
+                self._arm(txn, arg, now + txn.interval)
             else:
-                self._effect(txn, effect, msg, flow, out)
-        if txn.state is State.TERMINATED:
+                self._effect(txn, arg, msg, flow, out)
+        if state is State.TERMINATED:
             self._remove(txn, out)
             return
         # Zero-length timers (D, I, J, K over reliable transports) fire at once (Table 4: "0s").
@@ -391,10 +404,36 @@ def _valid(entry: _HeapEntry) -> bool:
     return running is not None and running[0] == seq
 
 
-def _machine(txn: Transaction) -> Machine:
-    if isinstance(txn, ClientTransaction):
-        return INVITE_CLIENT if txn.invite else NON_INVITE_CLIENT
-    return INVITE_SERVER if txn.invite else NON_INVITE_SERVER
+# The tables of fsm.py compiled for the interpreter: (state, event) -> (next state, timers allowed in
+# it, operations), where an operation is (_START, timer), (_BACKOFF, timer) or (_EFFECT, effect name).
+_START, _BACKOFF, _EFFECT = 0, 1, 2
+_Plan = tuple[State, frozenset[str], tuple[tuple[int, str], ...]]
+
+
+def _compile(machine: Machine, step: Step) -> _Plan:
+    ops: list[tuple[int, str]] = []
+    for effect in step.effects:
+        if effect.startswith("start_"):
+            ops.append((_START, "timer_" + effect.removeprefix("start_")))
+        elif effect.startswith("backoff_"):
+            ops.append((_BACKOFF, "timer_" + effect.removeprefix("backoff_")))
+        else:
+            ops.append((_EFFECT, effect))
+    return (step.state, machine.state_timers.get(step.state, frozenset()), tuple(ops))
+
+
+# Keyed by (is client, is INVITE).
+_MACHINES = {
+    (True, True): INVITE_CLIENT,
+    (True, False): NON_INVITE_CLIENT,
+    (False, True): INVITE_SERVER,
+    (False, False): NON_INVITE_SERVER,
+}
+_PLANS = {
+    kind: {when: _compile(machine, step) for when, step in machine.table.items()}
+    for kind, machine in _MACHINES.items()
+}
+_START_PLANS = {kind: _compile(machine, machine.start) for kind, machine in _MACHINES.items()}
 
 
 def _to_tag(request: Request) -> str | None:

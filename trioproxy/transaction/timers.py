@@ -24,7 +24,8 @@ class Timers:
     """Transaction timer configuration in seconds (RFC 3261 Table 4 defaults).
 
     ``timer_c`` belongs to the proxy core (16.6 step 11) and is only carried here. ``timer_d`` is the
-    Completed wait of an INVITE client transaction over an unreliable transport (at least 32 s).
+    Completed wait of an INVITE client transaction over an unreliable transport (used as
+    ``max(timer_d, 64*T1)``, so that it outlasts the server's retransmissions of the final response).
     """
 
     t1: float = 0.5
@@ -47,12 +48,22 @@ class Timers:
         if name in ("timer_b", "timer_f", "timer_h", "timer_l", "timer_m", "timer_cancel", "timer_guard"):
             return 64 * t1
         if name == "timer_d":
-            return 0.0 if reliable else self.timer_d
+            # At least 32 s (Table 4), and as long as the server's Timer G/H may resend the final.
+            return 0.0 if reliable else max(self.timer_d, 64 * t1)
         if name in ("timer_i", "timer_k"):
             return 0.0 if reliable else self.t4
         if name == "timer_j":
             return 0.0 if reliable else 64 * t1
         raise KeyError(name)
+
+    @property
+    def e_reaches_t2(self) -> float:
+        """Seconds from the first send until a client's Timer E is reset to T2 (RFC 4320 4.1): 3.5 s."""
+        at, interval = 0.0, self.t1
+        while interval < self.t2:
+            at += interval
+            interval = min(2 * interval, self.t2)
+        return at
 
     def backoff(self, name: str, interval: float, proceeding: bool = False) -> float:
         """The next interval of retransmission timer ``name`` after one of ``interval`` fired.

@@ -1,0 +1,445 @@
+"""The end-to-end harness: a real trioproxy process between real SIPp peers, all on 127.0.0.1.
+
+Theory of operation
+-------------------
+A test asks the ``lab`` fixture for a proxy (``lab.proxy(...)``: a ``trioproxy run`` subprocess listening on
+one free port for UDP and TCP both, started once its "listening" lines are printed), for callees
+(``lab.uas(scenario)``: a SIPp process in the background, ready once its port shows in /proc/net) and runs
+a caller to its end (``lab.uac(scenario, ...)``: a SIPp process with a bounded wait). SIPp's exit code is the
+verdict of a scenario (0: every call went as the scenario says; a missing message fails it by timeout), and
+each SIPp logs the messages it sent and received (``-trace_msg``), which ``SippRun.received()`` parses for
+the counts a test asserts.
+
+Every process is stopped by its PID when the test ends, and every wait is bounded. When a check fails, the
+assertion message carries the proxy's log and each SIPp's error log and message trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "SCENARIOS",
+    "SIPP",
+    "Lab",
+    "ProxyRun",
+    "SipMessage",
+    "SippRun",
+    "free_port",
+    "lab",
+    "parse_message_log",
+    "port_is_bound",
+    "stop_process",
+]
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+SIPP = os.environ.get("TRIOPROXY_SIPP", "sipp")
+HOST = "127.0.0.1"
+START_TIMEOUT = 15.0  # seconds for a process to come up (a loaded 2-core machine is slow to import)
+SIPP_TIMEOUT = 20  # SIPp's own global timeout (-timeout, with -timeout_error), seconds
+WAIT_MARGIN = 10.0  # our bound on a SIPp process beyond its own timeout
+
+
+# -- ports and processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port free for UDP and TCP both at the time of the call."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((HOST, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free loopback port for UDP and TCP")
+
+
+def port_is_bound(port: int, transport: str) -> bool:
+    """Whether some socket is bound to 127.0.0.1:port (TCP: listening), from /proc/net (no bind race)."""
+    table = "/proc/net/udp" if transport == "udp" else "/proc/net/tcp"
+    want = f"0100007F:{port:04X}"
+    with open(table) as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if len(parts) > 3 and parts[1] == want and (transport == "udp" or parts[3] == "0A"):
+                return True
+    return False
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM the process by its PID, then SIGKILL it if it has not exited within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+def _tail(path: Path, limit: int = 6000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(none)"
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+# -- SIPp message traces ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SipMessage:
+    """One message of a SIPp trace: its direction, first line and headers (names lowercased)."""
+
+    direction: str  # "received" or "sent"
+    first_line: str
+    headers: list[tuple[str, str]]
+
+    @property
+    def is_request(self) -> bool:
+        return not self.first_line.startswith("SIP/2.0")
+
+    @property
+    def method(self) -> str:
+        """The request's method, or for a response the method of its CSeq."""
+        if self.is_request:
+            return self.first_line.split(" ", 1)[0]
+        return self.header("cseq").split()[-1]
+
+    @property
+    def status(self) -> int | None:
+        return int(self.first_line.split()[1]) if not self.is_request else None
+
+    def header(self, name: str) -> str:
+        """The first value of a header ("" when absent)."""
+        for key, value in self.headers:
+            if key == name.lower():
+                return value
+        return ""
+
+    @property
+    def top_branch(self) -> str:
+        match = re.search(r"branch=([^;,\s]+)", self.header("via"))
+        return match.group(1) if match else ""
+
+    @property
+    def to_tag(self) -> str:
+        match = re.search(r";\s*tag=([^;,\s>]+)", self.header("to"))
+        return match.group(1) if match else ""
+
+
+_SEPARATOR = re.compile(r"^-{20,} .*$", re.MULTILINE)
+
+
+def parse_message_log(text: str) -> list[SipMessage]:
+    """Parse a SIPp ``-trace_msg`` file into its messages, in order."""
+    out: list[SipMessage] = []
+    for chunk in _SEPARATOR.split(text):
+        lines = chunk.strip("\r\n").splitlines()
+        if not lines:
+            continue
+        kind = lines[0]
+        if "message received" in kind:
+            direction = "received"
+        elif "message sent" in kind:
+            direction = "sent"
+        else:
+            continue
+        body = [ln.rstrip("\r") for ln in lines[1:]]
+        while body and not body[0].strip():
+            body.pop(0)
+        if not body:
+            continue
+        headers: list[tuple[str, str]] = []
+        for ln in body[1:]:
+            if not ln.strip():
+                break
+            name, _, value = ln.partition(":")
+            headers.append((name.strip().lower(), value.strip()))
+        out.append(SipMessage(direction, body[0].strip(), headers))
+    return out
+
+
+# -- processes of a test ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ProxyRun:
+    port: int
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def log(self) -> str:
+        return _tail(self.stderr_path)
+
+    def transaction_lines(self) -> list[str]:
+        """The proxy's one-line-per-transaction log entries."""
+        return [ln for ln in self.log().splitlines() if "trioproxy.proxy:" in ln and " status=" in ln]
+
+
+@dataclass
+class SippRun:
+    name: str
+    scenario: str
+    port: int
+    transport: str
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+    returncode: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def message_file(self) -> Path:
+        return self.workdir / f"{self.name}.msg"
+
+    @property
+    def error_file(self) -> Path:
+        return self.workdir / f"{self.name}.err"
+
+    @property
+    def output_file(self) -> Path:
+        return self.workdir / f"{self.name}.out"
+
+    def wait(self, timeout: float) -> int:
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop_process(self.proc)
+            self.returncode = self.proc.returncode
+            raise
+        return self.returncode
+
+    def messages(self) -> list[SipMessage]:
+        try:
+            return parse_message_log(self.message_file.read_text(errors="replace"))
+        except OSError:
+            return []
+
+    def received(self, method: str | None = None, status: int | None = None) -> list[SipMessage]:
+        """Messages this SIPp received: requests of ``method``, or responses with ``status``."""
+        out = []
+        for m in self.messages():
+            if m.direction != "received":
+                continue
+            if method is not None and not (m.is_request and m.method == method):
+                continue
+            if status is not None and m.status != status:
+                continue
+            out.append(m)
+        return out
+
+    def diagnostics(self) -> str:
+        return (
+            f"--- SIPp {self.name} ({self.scenario}, port {self.port}, exit {self.returncode})\n"
+            f"errors:\n{_tail(self.error_file, 3000)}\n"
+            f"output:\n{_tail(self.output_file, 1500)}\n"
+            f"messages:\n{_tail(self.message_file, 6000)}\n"
+        )
+
+
+@dataclass
+class Lab:
+    """The processes of one test, stopped at its end."""
+
+    workdir: Path
+    proxies: list[ProxyRun] = field(default_factory=list)
+    sipps: list[SippRun] = field(default_factory=list)
+
+    # -- the proxy --
+
+    def proxy(
+        self,
+        *,
+        fork: Sequence[Sequence[str]] = (),
+        timer_t1: float | None = None,
+        timer_c: float | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> ProxyRun:
+        """Start ``trioproxy run`` on a free port (UDP and TCP) and wait for its listening lines."""
+        port = free_port()
+        n = len(self.proxies)
+        config = self.workdir / f"proxy{n}.toml"
+        lines = ["[proxy]", f'listen = ["udp:{HOST}:{port}", "tcp:{HOST}:{port}"]']
+        if fork:
+            stages = ", ".join("[" + ", ".join(f'"{u}"' for u in stage) + "]" for stage in fork)
+            lines.append(f"fork = [{stages}]")
+        config.write_text("\n".join(lines) + "\n")
+        args = [sys.executable, "-m", "trioproxy", "run", "-c", str(config)]
+        args += ["--listen", f"udp:{HOST}:{port}", "--listen", f"tcp:{HOST}:{port}", "--log-level", "info"]
+        if timer_t1 is not None:
+            args += ["--timer-t1", str(timer_t1)]
+        if timer_c is not None:
+            args += ["--timer-c", str(timer_c)]
+        args += list(extra_args)
+        stderr_path = self.workdir / f"proxy{n}.err"
+        stdout_path = self.workdir / f"proxy{n}.out"
+        with open(stderr_path, "wb") as err, open(stdout_path, "wb") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.workdir)
+        run = ProxyRun(port, proc, stderr_path)
+        self.proxies.append(run)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if stdout_path.read_text().count("trioproxy listening on") >= 2:
+                return run
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        pytest.fail(f"the proxy did not start (exit {proc.poll()}):\n{run.log()}")
+
+    # -- SIPp --
+
+    def _sipp(
+        self,
+        scenario: str,
+        *,
+        name: str,
+        port: int,
+        transport: str,
+        remote: str | None,
+        rsa: str | None,
+        calls: int,
+        keys: dict[str, str],
+        extra_args: Sequence[str],
+    ) -> SippRun:
+        path = SCENARIOS / scenario
+        assert path.exists(), path
+        args = [SIPP, "-sf", str(path)]
+        if remote is not None:
+            args.append(remote)
+        args += ["-i", HOST, "-p", str(port), "-t", "u1" if transport == "udp" else "t1"]
+        if rsa is not None:
+            args += ["-rsa", rsa]
+        args += ["-m", str(calls), "-nostdin", "-timeout", str(SIPP_TIMEOUT), "-timeout_error"]
+        args += ["-trace_msg", "-message_file", f"{name}.msg", "-trace_err", "-error_file", f"{name}.err"]
+        for key, value in keys.items():
+            args += ["-key", key, value]
+        args += list(extra_args)
+        with open(self.workdir / f"{name}.out", "wb") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir)
+        run = SippRun(name, scenario, port, transport, self.workdir, proc)
+        self.sipps.append(run)
+        return run
+
+    def uas(
+        self,
+        scenario: str,
+        *,
+        transport: str = "udp",
+        keys: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        name: str | None = None,
+    ) -> SippRun:
+        """Start a SIPp callee in the background and wait until its port is bound."""
+        name = name or f"uas{len(self.sipps)}"
+        port = free_port()
+        run = self._sipp(
+            scenario,
+            name=name,
+            port=port,
+            transport=transport,
+            remote=None,
+            rsa=None,
+            calls=1,
+            keys=keys or {},
+            extra_args=extra_args,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if port_is_bound(port, transport):
+                return run
+            if run.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        run.returncode = run.proc.poll()
+        pytest.fail(f"SIPp {name} did not start\n{run.diagnostics()}")
+
+    def uac(
+        self,
+        scenario: str,
+        remote: str,
+        *,
+        rsa: str | None = None,
+        transport: str = "udp",
+        calls: int = 1,
+        keys: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        name: str = "uac",
+    ) -> SippRun:
+        """Run a SIPp caller to ``remote`` (sending to ``rsa`` when given) until it exits (bounded)."""
+        run = self._sipp(
+            scenario,
+            name=name,
+            port=free_port(),
+            transport=transport,
+            remote=remote,
+            rsa=rsa,
+            calls=calls,
+            keys=keys or {},
+            extra_args=extra_args,
+        )
+        try:
+            run.wait(SIPP_TIMEOUT + WAIT_MARGIN)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"SIPp {name} did not exit in time\n{self.diagnostics()}")
+        return run
+
+    # -- verdicts --
+
+    def diagnostics(self) -> str:
+        parts = [f"--- proxy {p.address} (exit {p.proc.poll()})\n{p.log()}" for p in self.proxies]
+        parts += [s.diagnostics() for s in self.sipps]
+        return "\n".join(parts)
+
+    def expect_success(self, *runs: SippRun) -> None:
+        """Wait (bounded) for each SIPp to exit and assert each ran its scenario to the end (exit code 0)."""
+        for run in runs:
+            if run.returncode is None:
+                try:
+                    run.wait(SIPP_TIMEOUT + WAIT_MARGIN)
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"SIPp {run.name} did not exit in time\n{self.diagnostics()}")
+        failed = [r.name for r in runs if r.returncode != 0]
+        assert not failed, f"SIPp {failed} failed\n{self.diagnostics()}"
+
+    def close(self) -> None:
+        for run in self.sipps:
+            stop_process(run.proc)
+        for proxy in self.proxies:
+            stop_process(proxy.proc)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """A proxy and SIPp peers for one test; every process is stopped by PID at the end."""
+    the_lab = Lab(tmp_path)
+    try:
+        yield the_lab
+    finally:
+        the_lab.close()
