@@ -74,9 +74,9 @@ class FakeTransport:
 
     # -- waiting for what the proxy sent -------------------------------------------------------------------
 
-    async def wait_for(self, pred: Any, *, start: int = 0, timeout: float = 300) -> Sent:
+    async def wait_for(self, pred: Any, *, start: int = 0, within: float = 300) -> Sent:
         """The first item sent (from index ``start``) matching ``pred``; waits in virtual time."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(within):
             while True:
                 for item in self.sent[start:]:
                     if pred(item):

@@ -125,6 +125,9 @@ async def test_numeric_host_needs_no_dns(dns_server: DnsResponder) -> None:
     assert await locate(locator, "sips:bob@[2001:db8::5]") == [Address("tls", "2001:db8::5", 5061)]
     # RFC 3263 4: maddr replaces the host
     assert await locate(locator, "sip:bob@example.test;maddr=192.0.2.77") == [udp("192.0.2.77")]
+    assert await locate(locator, "sip:bob@example.test:5070;maddr=[2001:db8::77]") == [
+        udp("2001:db8::77", 5070)
+    ]
     assert dns_server.total == 0
 
 

@@ -100,7 +100,7 @@ class Locator:
         if uri.scheme not in ("sip", "sips"):
             raise LocateError("unsupported", f"cannot locate a {uri.scheme}: URI")
         # RFC 3263 4: maddr, when present, is the target instead of the host
-        host = uri.params.get("maddr") or uri.host
+        host = (uri.params.get("maddr") or uri.host).strip("[]")
         if not host:
             raise LocateError("unsupported", "URI has no host")
         param = uri.params.get("transport")
