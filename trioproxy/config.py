@@ -103,6 +103,7 @@ class ProxySection:
     fork: tuple[tuple[str, ...], ...] = ()
     udp_queue: int = 4096  # received messages waiting for the dispatcher; beyond it UDP drops and counts
     tcp_idle_timeout: float = 300.0
+    drain_time: float = 30.0  # on SIGTERM: seconds to let requests in flight finish before exiting
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,10 +48,20 @@ async def serve(
             for address in transports.listen_addresses():
                 announce(f"trioproxy listening on {address.transport}:{_hostport(address.host, address.port)}")
             task_status.started(proxy)
-            async for signum in signals:
-                log.info("received %s, stopping", signal.Signals(signum).name)
+
+            async def drain_then_stop() -> None:
+                drained = await proxy.drain(config.proxy.drain_time)
+                log.info("drained %s, exiting", "completely" if drained else "partly (drain time over)")
                 nursery.cancel_scope.cancel()
-                break
+
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if proxy.draining:
+                    log.info("received %s again, exiting now", name)
+                    nursery.cancel_scope.cancel()
+                    break
+                log.info("received %s, draining for at most %.0f s", name, config.proxy.drain_time)
+                nursery.start_soon(drain_then_stop)
 
 
 def _hostport(host: str, port: int) -> str:

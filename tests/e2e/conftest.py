@@ -327,9 +327,17 @@ class Lab:
         calls: int,
         keys: dict[str, str],
         extra_args: Sequence[str],
+        subst: dict[str, str] | None = None,
     ) -> SippRun:
         path = SCENARIOS / scenario
         assert path.exists(), path
+        if subst:
+            # Places where SIPp takes no variable (a recv's response code) hold @NAME@ placeholders.
+            text = path.read_text()
+            for placeholder, value in subst.items():
+                text = text.replace(f"@{placeholder}@", value)
+            path = self.workdir / f"{name}-{scenario}"
+            path.write_text(text)
         args = [SIPP, "-sf", str(path)]
         if remote is not None:
             args.append(remote)
@@ -391,6 +399,7 @@ class Lab:
         keys: dict[str, str] | None = None,
         extra_args: Sequence[str] = (),
         name: str = "uac",
+        subst: dict[str, str] | None = None,
     ) -> SippRun:
         """Run a SIPp caller to ``remote`` (sending to ``rsa`` when given) until it exits (bounded)."""
         run = self._sipp(
@@ -403,6 +412,7 @@ class Lab:
             calls=calls,
             keys=keys or {},
             extra_args=extra_args,
+            subst=subst,
         )
         try:
             run.wait(SIPP_TIMEOUT + WAIT_MARGIN)

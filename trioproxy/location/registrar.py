@@ -242,7 +242,7 @@ class Registrar:
                 raise _Reject(500, "Server Internal Error")
             current = result
         # 10.3 step 8: the 200 lists every current binding with its expires; Path echoed (RFC 3327 5.3).
-        headers: list[tuple[str, str]] = [("Contact", self._contact_value(b, now)) for b in current]
+        headers = [("Contact", self._contact_value(b, now)) for b in order_bindings(current)]
         headers += [("Path", p) for p in paths]
         headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
         return make_response(request, 200, "OK", headers=headers)

@@ -133,6 +133,7 @@ class Proxy:
         self._timer_wakeup = trio.Event()
         self._timer_deadline = math.inf
         self.draining = False
+        self.last_accepted = -math.inf
         self.active: set[RequestContext] = set()
 
     # -- addresses ---------------------------------------------------------------------------------------
@@ -152,6 +153,20 @@ class Proxy:
             return True
         port = uri.port or _default_port(uri)
         return (host, port) in self._own
+
+    async def drain(self, drain_time: float, quiet: float = 1.0) -> bool:
+        """Stop taking new requests and wait until those in flight end (at most ``drain_time``).
+
+        Done when no request is being handled and none was accepted for ``quiet`` seconds (so that the BYE of
+        a call that just got its 200 still passes). Returns True when drained in time.
+        """
+        self.draining = True
+        with trio.move_on_after(drain_time):
+            # A poll: one of the two conditions is the passing of time since the last accepted request.
+            while self.active or trio.current_time() - self.last_accepted < quiet:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            return True
+        return False
 
     # -- running -----------------------------------------------------------------------------------------
 
@@ -334,9 +349,12 @@ class Proxy:
             if rejection is not None:
                 await self._answer(txn, request, rejection.status, rejection.reason, rejection.headers)
                 return
-            if self.draining:
+            if self.draining and request.to.tag is None:
+                # Shutting down: no new dialogs or out-of-dialog requests; in-dialog ones (a BYE for a call
+                # in progress) still go through so calls that started can end.
                 await self._answer(txn, request, 503, "Service Unavailable", (("Retry-After", "5"),))
                 return
+            self.last_accepted = trio.current_time()
             work = request.copy()
             preprocess_routes(work, self.is_myself)
             ctx = RequestContext(self, work, request, txn, lh, inbound)

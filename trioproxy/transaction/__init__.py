@@ -1,4 +1,11 @@
-"""Sans-IO SIP transactions (RFC 3261 17, RFC 6026): state machines, matching, timers; time passed in."""
+"""Sans-IO SIP transactions (RFC 3261 17, RFC 6026): state machines, matching, timers; time passed in.
+
+Driving it: feed every received message to ``TransactionTable.receive(msg, flow, now)``, start client
+transactions with ``start_client``, answer server transactions with ``respond``; carry out the returned
+actions in order (``SendRequest``/``SendResponse`` go to the transport; a send failure goes back as
+``transport_error``); one task sleeps until ``next_deadline()`` and calls ``expire(now)``.
+The state machines are the tables in ``fsm.py``.
+"""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ Effects:
 - ``retransmit``: send the request again (client);
 - ``send_ack`` / ``resend_ack``: build the ACK for a non-2xx final response (17.1.1.3) / send it again;
 - ``pass_up``: give the response to the TU (``ResponseReceived``); ``pass_ack``: ``AckReceived``;
-- ``timeout``: ``Timeout``; ``transport_failed``: ``TransportFailed``;
+- ``timeout``: ``Timeout``; ``transport_failed``: ``TransportFailed``; ``ack_timeout``: count a
+  Timer H expiry (the server transaction just ends: the TU has nothing left to do);
 - ``start_x``: start timer x with its first duration (``Timers.initial``). Retransmission timers (A, E, G)
   only start over unreliable transports; a zero duration (D, I, J, K over reliable transports) fires the
   timer at once, within the same call;
@@ -38,6 +39,10 @@ Effects:
 running timer not allowed in the new state is cancelled (so Timer B stops on a provisional response
 while Timer F survives Trying -> Proceeding). Entering Terminated removes the transaction from the table
 and emits ``Terminated``.
+
+Outside the tables, ``TransactionTable.respond`` applies RFC 4320 to non-INVITE server transactions
+(no 408, no provisional but 100, no early 100 over UDP) and ``TransactionTable.receive`` does the
+matching: a request that matches no transaction creates one in the machine's start state.
 """
 
 from __future__ import annotations
