@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trioproxy.sip import Request  # noqa: E402
-from trioproxy.transport import Flow, Listen, TransportConfig, Transports  # noqa: E402
+from trioproxy.sip import Request
+from trioproxy.transport import Flow, Listen, TransportConfig, Transports
 
 RUN_TIMEOUT = 60.0  # seconds, per run
 

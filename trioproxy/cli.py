@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
     run.add_argument("--next-hop", metavar="URI", help="without a script: send every request to this URI")
+    run.add_argument(
+        "--nameserver",
+        action="append",
+        metavar="HOST:PORT",
+        help="DNS server to use instead of /etc/resolv.conf (repeatable)",
+    )
     run.add_argument("--timer-t1", type=float, metavar="SECONDS", help="RFC 3261 T1 (default 0.5)")
     run.add_argument("--timer-c", type=float, metavar="SECONDS", help="proxy INVITE Timer C (default 180)")
 
@@ -68,6 +74,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         out["proxy"] = proxy
     if args.log_level:
         out["log"] = {"level": args.log_level}
+    if args.nameserver:
+        out["dns"] = {"nameservers": list(args.nameserver)}
     timers: dict[str, Any] = {}
     if args.timer_t1:
         timers["t1"] = args.timer_t1

@@ -115,6 +115,18 @@ class TimersSection:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsSection:
+    nameservers: tuple[str, ...] = ()  # "HOST:PORT" (port 53 if omitted); empty: /etc/resolv.conf
+    timeout: float = 1.0  # seconds per query to one server
+    lifetime: float = 2.0  # seconds for a whole lookup (NAPTR, SRV, A/AAAA) before the branch fails
+    cache_size: int = 4096
+    negative_ttl: float = 30.0  # for negative answers without an SOA
+    prefer_ipv6: bool = False
+    use_ipv6: bool = True
+    blocklist_time: float = 60.0  # seconds a destination that failed is skipped (0: no blocklist)
+
+
+@dataclass(frozen=True, slots=True)
 class LogSection:
     level: str = "info"
     format: str = "text"
@@ -124,6 +136,7 @@ class LogSection:
 class Config:
     proxy: ProxySection = field(default_factory=ProxySection)
     timers: TimersSection = field(default_factory=TimersSection)
+    dns: DnsSection = field(default_factory=DnsSection)
     log: LogSection = field(default_factory=LogSection)
 
     @property
@@ -213,6 +226,15 @@ def _check(config: Config, text: str | None, source: str | None) -> None:
                 parse_uri_untrusted(item)
             except ValueError as exc:
                 raise ConfigError(f"proxy.fork[{i}][{j}]", f"bad URI {item!r}: {exc}", _line_of(text, "proxy.fork"), source) from None
+    for i, item in enumerate(config.dns.nameservers):
+        try:
+            host, _port = parse_hostport(item, 53)
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise ConfigError(f"dns.nameservers[{i}]", f"expected IP:PORT ({exc})", _line_of(text, "dns.nameservers"), source) from None
+    for name in ("timeout", "lifetime"):
+        if getattr(config.dns, name) <= 0:
+            raise ConfigError(f"dns.{name}", "must be positive", _line_of(text, f"dns.{name}"), source)
     if config.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError("log.level", f"unknown level {config.log.level!r}", _line_of(text, "log.level"), source)
     if config.log.format not in ("text", "json"):

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import trio
 
-from trioproxy.config import Config
+from trioproxy.config import Config, parse_hostport
+from trioproxy.locate import Blocklist, Locator, ResolverConfig
 from trioproxy.proxy import Proxy, Router, StaticRouter, Target
 from trioproxy.sip import parse_uri_untrusted
 from trioproxy.transaction import Timers
@@ -26,6 +27,24 @@ def build_router(config: Config) -> Router:
     return StaticRouter(next_hop=next_hop, stages=stages, record_route=config.proxy.record_route)
 
 
+def build_locator(config: Config) -> Locator:
+    """The RFC 3263 locator (resolver built once) with the destination blocklist."""
+    dns = config.dns
+    nameservers = [parse_hostport(x, 53) for x in dns.nameservers] or None
+    resolver_config = ResolverConfig(
+        nameservers=nameservers,
+        timeout=dns.timeout,
+        lifetime=dns.lifetime,
+        cache_size=dns.cache_size,
+        negative_ttl=dns.negative_ttl,
+        prefer_ipv6=dns.prefer_ipv6,
+        use_ipv6=dns.use_ipv6,
+        transports=frozenset(s.transport for s in config.listens),
+    )
+    blocklist = Blocklist(duration=dns.blocklist_time) if dns.blocklist_time > 0 else None
+    return Locator(resolver_config, blocklist=blocklist)
+
+
 async def serve(
     config: Config,
     *,
@@ -40,7 +59,15 @@ async def serve(
         TransportConfig(incoming_capacity=config.proxy.udp_queue, idle_timeout=config.proxy.tcp_idle_timeout),
     )
     timers = Timers(t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4, timer_c=config.timers.timer_c)
-    proxy = Proxy(transports, router or build_router(config), timers=timers, domains=config.proxy.domains)
+    locator = build_locator(config)
+    proxy = Proxy(
+        transports,
+        router or build_router(config),
+        timers=timers,
+        domains=config.proxy.domains,
+        locate=locator.locate,
+        blocklist=locator.blocklist,
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(transports.serve)

@@ -112,6 +112,7 @@ class SipMessage:
     """One message of a SIPp trace: its direction, first line and headers (names lowercased)."""
 
     direction: str  # "received" or "sent"
+    transport: str  # "UDP" or "TCP", as SIPp logs it
     first_line: str
     headers: list[tuple[str, str]]
 
@@ -176,7 +177,7 @@ def parse_message_log(text: str) -> list[SipMessage]:
                 break
             name, _, value = ln.partition(":")
             headers.append((name.strip().lower(), value.strip()))
-        out.append(SipMessage(direction, body[0].strip(), headers))
+        out.append(SipMessage(direction, kind.split()[0], body[0].strip(), headers))
     return out
 
 
@@ -196,9 +197,14 @@ class ProxyRun:
     def log(self) -> str:
         return _tail(self.stderr_path)
 
-    def transaction_lines(self) -> list[str]:
-        """The proxy's one-line-per-transaction log entries."""
-        return [ln for ln in self.log().splitlines() if "trioproxy.proxy:" in ln and " status=" in ln]
+    def transaction_lines(self, method: str | None = None) -> list[str]:
+        """The proxy's one-line-per-transaction log entries (``METHOD URI branches=N status=S T ms``)."""
+        out = []
+        for line in self.log().splitlines():
+            _, sep, entry = line.partition(" trioproxy.proxy: ")
+            if sep and " status=" in entry and (method is None or entry.startswith(f"{method} ")):
+                out.append(entry)
+        return out
 
 
 @dataclass

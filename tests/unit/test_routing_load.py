@@ -78,13 +78,14 @@ async def test_unknown_module_guard_works() -> None:
     assert await script.run_request_route(make_state(), FakeServices()) == 2
 
 
-def test_ksr_init_runs_once_at_load() -> None:
+async def test_ksr_init_runs_once_at_load() -> None:
     script = load(
         "count = 0\nfunction ksr_init() count = count + 1 end\n"
-        "function ksr_request_route() return count end"
+        "function ksr_request_route() count = count + 10 return count end"
     )
     assert script.has_route("ksr_init")
     assert not script.has_route("count")
+    assert await script.run_request_route(make_state(), FakeServices()) == 11
 
 
 def test_tokenizer_lines() -> None:
@@ -105,7 +106,7 @@ def test_check_script(tmp_path: Path) -> None:
     good.write_text(GOOD + "function x() if KSR.dispatcher then end end\n")
     r = check_script(good)
     assert r.ok and r.errors == []
-    assert r.warnings == [f"{good}:5: module KSR.dispatcher is not provided (nil at run time)"]
+    assert r.warnings == [f"{good}:4: module KSR.dispatcher is not provided (nil at run time)"]
     assert len(r.sha256) == 64
     bad = tmp_path / "bad.lua"
     bad.write_text("function ksr_request_route()\n  KSR.sl.sl_send_replay(404)\nend\n")

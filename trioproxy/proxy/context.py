@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from trioproxy.locate import LocateError
 from trioproxy.proxy.forward import make_branch_id, prepare_branch, record_route_values, via_value
 from trioproxy.proxy.response_context import Disposition, ResponseContext
 from trioproxy.proxy.router import Target
@@ -260,10 +261,19 @@ class RequestContext:
         base_req, hop = prepare_branch(self.request, target.uri.copy(), path=target.path)
         if target.dst is not None:
             hop = target.dst
-        dests = [target.received] if target.received is not None else await proxy.locate(hop)
+        if target.received is not None:
+            dests = [target.received]
+        else:
+            try:
+                dests = await proxy.locate(hop)  # RFC 3263, inside this branch's cancel scope
+            except LocateError as exc:
+                log.info("cannot locate %s: %s", hop, exc)
+                await self.on_response(branch, self.local_response(exc.status, "DNS Failure"), local=True)
+                return False
         dests = proxy.filter_blocked(dests)
         if not dests:
-            await self.on_response(branch, self.local_response(503, "Service Unavailable"), local=True)
+            # No server for the name (RFC 3263 4.4 found nothing): the answer Kamailio users know.
+            await self.on_response(branch, self.local_response(478, "Unresolvable Destination"), local=True)
             return False
         for i, dest in enumerate(dests):
             local = proxy.local_address(dest)

@@ -303,18 +303,12 @@ class Proxy:
         txn.user = None
 
     def abandon(self, ctx: RequestContext) -> None:
-        """Forget a server transaction that gets no response (RFC 4320: no 408 to a non-INVITE).
+        """A server transaction that gets no response (RFC 4320: no 408 to a non-INVITE).
 
-        It stays a while longer (T4) to absorb the caller's last retransmissions instead of routing them anew.
+        Nothing to do: the table keeps it to absorb the caller's retransmissions and ends it by its guard
+        timer (64*T1).
         """
-        txn = ctx.server_txn
-        if txn is not None:
-
-            async def later() -> None:
-                await trio.sleep(self.timers.t4)
-                self.table.terminate(txn, trio.current_time())
-
-            self.spawn(later)
+        del ctx
 
     async def locate(self, uri: URI) -> list[Address]:
         return await self._locate(uri)

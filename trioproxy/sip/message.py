@@ -230,14 +230,22 @@ class Message:
     @property
     def top_via(self) -> Via:
         """The first Via value; SIPError 400 when there is none."""
-        via: Via | None = self._cache.get("via#1")
+        cache = self._cache
+        via: Via | None = cache.get("via#1")
         if via is None:
-            cached = self._cache.get("via")
+            cached = cache.get("via")
             if cached:
                 via = cached[0]
             else:
-                via = Via.parse_untrusted(self._required("via"))
-            self._cache["via#1"] = via
+                keys = self._keys
+                if "via" not in keys:
+                    raise SIPError(400, "Missing Via")
+                line = self._lines[keys.index("via")]
+                value = line[line.index(":") + 1 :]
+                if "," in value or not value.strip():
+                    value = self._required("via")
+                via = Via.parse_untrusted(value)
+            cache["via#1"] = via
         return via
 
     @property
@@ -253,7 +261,11 @@ class Message:
         """CSeq; SIPError 400 when absent or malformed."""
         cseq: CSeq | None = self._cache.get("cseq")
         if cseq is None:
-            cseq = self._cache["cseq"] = CSeq.parse_untrusted(self._required("cseq"))
+            keys = self._keys
+            if "cseq" not in keys:
+                raise SIPError(400, "Missing CSeq")
+            line = self._lines[keys.index("cseq")]
+            cseq = self._cache["cseq"] = CSeq.parse_untrusted(line[line.index(":") + 1 :])
         return cseq
 
     def _name_addr(self, key: str) -> NameAddr:

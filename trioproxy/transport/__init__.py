@@ -14,7 +14,7 @@ from .types import (
     family_of,
 )
 from .udp import UDPEndpoint
-from .via import response_address, same_ip, stamp_via
+from .via import response_address, response_target, same_ip, stamp_via
 
 __all__ = [
     "Flow",
@@ -29,6 +29,7 @@ __all__ = [
     "UDPEndpoint",
     "family_of",
     "response_address",
+    "response_target",
     "same_ip",
     "stamp_via",
 ]

@@ -23,7 +23,7 @@ from .types import (
     family_of,
 )
 from .udp import UDPEndpoint
-from .via import response_address
+from .via import response_address, response_target
 
 __all__ = ["Incoming", "Transports"]
 
@@ -145,15 +145,19 @@ class Transports:
                     return
             await self._send_stream(msg, _response_address(msg, flow.transport))
             return
-        dest = _response_address(msg, "udp")
-        host = await self._ip_host(dest.host)
+        try:
+            host, port = response_target(msg.top_via, "udp")
+        except SIPError as exc:
+            raise TransportError(f"cannot route the response by its Via: {exc}") from exc
+        if self._literal.get(host) is not True:
+            host = await self._ip_host(host)
         endpoint = flow.endpoint
         family = family_of(host)
         if endpoint is None or endpoint.family != family:
             endpoint = self._udp_by_family.get(family)
             if endpoint is None:
                 raise TransportError(f"no udp listener for {host}")
-        await endpoint.send(msg.to_bytes(), host, dest.port)
+        await endpoint.send(msg.to_bytes(), host, port)
 
     async def _send_stream(self, msg: Message, dest: Address) -> None:
         if dest.transport != "tcp":

@@ -6,7 +6,7 @@ import ipaddress
 
 from trioproxy.sip import Address, Request, Via
 
-__all__ = ["response_address", "same_ip", "stamp_via"]
+__all__ = ["response_address", "response_target", "same_ip", "stamp_via"]
 
 _DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 
@@ -54,19 +54,24 @@ def response_address(via: Via, transport: str) -> Address:
     UDP with ``maddr``: that address at the sent-by port (or the default). Otherwise ``received`` (or the
     sent-by host) at the ``rport`` value when present, else the sent-by port, else the transport's default.
     """
-    host, port = via.sent_by
-    default = _DEFAULT_PORT.get(transport, 5060)
+    host, port = response_target(via, transport)
+    return Address(transport, host, port)
+
+
+def response_target(via: Via, transport: str) -> tuple[str, int]:
+    """``response_address`` as a ``(host, port)`` pair (the UDP send path skips building an Address)."""
+    params = via.params
+    port = via.port or _DEFAULT_PORT.get(transport, 5060)
     if transport == "udp":
-        maddr = via.maddr
+        maddr = params.get("maddr")
         if maddr:
             # 18.2.2: "the response MUST be forwarded to the address listed there, using the port
             # indicated in 'sent-by', or port 5060 if none is present".
-            return Address(transport, maddr, port or default)
-    received = via.received
-    rport = via.rport
-    # RFC 3581 4: "send it to the IP address indicated in the received parameter and the port in rport".
-    if rport is not None and rport is not True:
-        target_port = int(rport)
-    else:
-        target_port = port or default
-    return Address(transport, received or host, target_port)
+            return maddr, port
+    host = params.get("received") or via.host
+    if "rport" in params:
+        rport = via.rport
+        # RFC 3581 4: "send it to the IP address indicated in the received parameter and the port in rport".
+        if rport is not None and rport is not True:
+            port = rport
+    return host, port
