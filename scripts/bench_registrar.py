@@ -55,7 +55,8 @@ def make_requests(n: int, tag: str) -> list[Request]:
     return out
 
 
-async def one_run(url: str, requests: list[Request], concurrency: int) -> float:
+async def one_run(url: str, requests: list[Request], concurrency: int) -> tuple[float, float]:
+    """(registrations per second of wall time, microseconds of this process's CPU per registration)."""
     store = open_store(url)
     registrar = Registrar(store)
     queue = iter(requests)
@@ -67,15 +68,17 @@ async def one_run(url: str, requests: list[Request], concurrency: int) -> float:
                 raise RuntimeError(f"unexpected {resp.status}")
 
     start = time.perf_counter()
+    cpu_start = time.process_time()
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     aors, contacts = await store.counts(NOW)
     await store.close()
     if (aors, contacts) != (len(requests), len(requests)):
         raise RuntimeError(f"store holds {aors}/{contacts}, expected {len(requests)}")
-    return len(requests) / elapsed
+    return len(requests) / elapsed, cpu / len(requests) * 1e6
 
 
 def start_redis() -> tuple[subprocess.Popen[bytes], str]:
@@ -117,7 +120,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for backend in backends:
                 for conc in levels:
-                    rates = []
+                    rates: list[float] = []
+                    cpus: list[float] = []
                     for run in range(args.runs):
                         if backend == "memory":
                             url = "memory:"
@@ -126,10 +130,13 @@ def main() -> None:
                         else:
                             url = f"{redis_url}?prefix=bench{os.getpid()}c{conc}r{run}:"
                         requests = make_requests(args.n, f"{backend}{conc}{run}")
-                        rates.append(trio.run(one_run, url, requests, conc))
+                        rate, cpu = trio.run(one_run, url, requests, conc)
+                        rates.append(rate)
+                        cpus.append(cpu)
                     print(
-                        f"{backend:7s} concurrency={conc:<3d} median {statistics.median(rates):9.0f} reg/s"
-                        f"  (runs: {', '.join(f'{r:.0f}' for r in rates)})",
+                        f"{backend:7s} concurrency={conc:<3d} median {statistics.median(rates):7.0f} reg/s, "
+                        f"{statistics.median(cpus):5.0f} us CPU/reg in this process"
+                        f"  (runs: {', '.join(f'{r:.0f}' for r in rates)} reg/s)",
                         flush=True,
                     )
     finally:

@@ -44,8 +44,21 @@ def start_redis(binary: str = "redis-server", timeout: float = 10.0) -> tuple[su
         port = free_port()
         workdir = tempfile.mkdtemp(prefix="tp-redis-")
         proc = subprocess.Popen(
-            [path, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1",
-             "--dir", workdir, "--logfile", ""],
+            [
+                path,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                workdir,
+                "--logfile",
+                "",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="DNS server to use instead of /etc/resolv.conf (repeatable)",
     )
+    run.add_argument(
+        "--location",
+        metavar="URL",
+        help="location service: memory:, sqlite:///PATH/location.db or redis://HOST:PORT/DB",
+    )
     run.add_argument("--timer-t1", type=float, metavar="SECONDS", help="RFC 3261 T1 (default 0.5)")
     run.add_argument("--timer-c", type=float, metavar="SECONDS", help="proxy INVITE Timer C (default 180)")
 
@@ -74,6 +79,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         out["proxy"] = proxy
     if args.log_level:
         out["log"] = {"level": args.log_level}
+    if args.location:
+        out["location"] = {"url": args.location}
     if args.nameserver:
         out["dns"] = {"nameservers": list(args.nameserver)}
     timers: dict[str, Any] = {}

@@ -127,6 +127,24 @@ class DnsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class LocationSection:
+    url: str = "memory:"  # memory: | sqlite:///path/location.db | redis://host:port/db
+    purge_interval: float = 60.0  # seconds between background purges of expired bindings
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarSection:
+    # Without a script: answer REGISTER for our domains and fork requests to registered users by q.
+    enabled: bool = True
+    default_expires: int = 3600
+    min_expires: int = 60
+    max_expires: int = 86400
+    max_contacts: int = 0  # per address-of-record; 0: unlimited
+    on_too_many: str = "reject"  # or "drop_oldest"
+    path: str = "strict"  # Path without "Supported: path": "strict" answers 420, "lenient" ignores it
+
+
+@dataclass(frozen=True, slots=True)
 class LogSection:
     level: str = "info"
     format: str = "text"
@@ -137,6 +155,8 @@ class Config:
     proxy: ProxySection = field(default_factory=ProxySection)
     timers: TimersSection = field(default_factory=TimersSection)
     dns: DnsSection = field(default_factory=DnsSection)
+    location: LocationSection = field(default_factory=LocationSection)
+    registrar: RegistrarSection = field(default_factory=RegistrarSection)
     log: LogSection = field(default_factory=LogSection)
 
     @property
@@ -235,6 +255,15 @@ def _check(config: Config, text: str | None, source: str | None) -> None:
     for name in ("timeout", "lifetime"):
         if getattr(config.dns, name) <= 0:
             raise ConfigError(f"dns.{name}", "must be positive", _line_of(text, f"dns.{name}"), source)
+    url = config.location.url
+    if not (url == "memory:" or url.startswith(("sqlite:", "redis://", "rediss://"))):
+        raise ConfigError("location.url", f"expected memory:, sqlite:///PATH or redis://HOST:PORT/DB, got {url!r}", _line_of(text, "location.url"), source)
+    if config.registrar.on_too_many not in ("reject", "drop_oldest"):
+        raise ConfigError("registrar.on_too_many", "expected 'reject' or 'drop_oldest'", _line_of(text, "registrar.on_too_many"), source)
+    if config.registrar.path not in ("strict", "lenient"):
+        raise ConfigError("registrar.path", "expected 'strict' or 'lenient'", _line_of(text, "registrar.path"), source)
+    if not 0 < config.registrar.min_expires <= config.registrar.default_expires <= config.registrar.max_expires:
+        raise ConfigError("registrar", "need 0 < min_expires <= default_expires <= max_expires", _line_of(text, "registrar"), source)
     if config.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError("log.level", f"unknown level {config.log.level!r}", _line_of(text, "log.level"), source)
     if config.log.format not in ("text", "json"):

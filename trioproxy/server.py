@@ -10,7 +10,8 @@ import trio
 
 from trioproxy.config import Config, parse_hostport
 from trioproxy.locate import Blocklist, Locator, ResolverConfig
-from trioproxy.proxy import Proxy, Router, StaticRouter, Target
+from trioproxy.location import LocationStore, Registrar, RegistrarPolicy, open_store, run_purger
+from trioproxy.proxy import LocationRouter, Proxy, Router, StaticRouter, Target
 from trioproxy.sip import parse_uri_untrusted
 from trioproxy.transaction import Timers
 from trioproxy.transport import Listen, TransportConfig, Transports
@@ -20,10 +21,25 @@ __all__ = ["build_router", "serve"]
 log = logging.getLogger("trioproxy")
 
 
-def build_router(config: Config) -> Router:
-    """The router the configuration asks for."""
+def build_registrar(config: Config, store: LocationStore) -> Registrar:
+    r = config.registrar
+    policy = RegistrarPolicy(
+        default_expires=r.default_expires,
+        min_expires=r.min_expires,
+        max_expires=r.max_expires,
+        max_contacts=r.max_contacts,
+        on_too_many="drop_oldest" if r.on_too_many == "drop_oldest" else "reject",
+        path_mode="lenient" if r.path == "lenient" else "strict",
+    )
+    return Registrar(store, policy)
+
+
+def build_router(config: Config, registrar: Registrar | None = None) -> Router:
+    """The router the configuration asks for (without a script)."""
     next_hop = parse_uri_untrusted(config.proxy.next_hop) if config.proxy.next_hop else None
     stages = [[Target(parse_uri_untrusted(u)) for u in stage] for stage in config.proxy.fork]
+    if registrar is not None and config.registrar.enabled:
+        return LocationRouter(registrar, next_hop=next_hop, stages=stages, record_route=config.proxy.record_route)
     return StaticRouter(next_hop=next_hop, stages=stages, record_route=config.proxy.record_route)
 
 
@@ -60,9 +76,11 @@ async def serve(
     )
     timers = Timers(t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4, timer_c=config.timers.timer_c)
     locator = build_locator(config)
+    store = open_store(config.location.url)
+    registrar = build_registrar(config, store)
     proxy = Proxy(
         transports,
-        router or build_router(config),
+        router or build_router(config, registrar),
         timers=timers,
         domains=config.proxy.domains,
         locate=locator.locate,
@@ -72,6 +90,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(transports.serve)
             await nursery.start(proxy.run)
+            nursery.start_soon(run_purger, store, config.location.purge_interval)
             for address in transports.listen_addresses():
                 announce(f"trioproxy listening on {address.transport}:{_hostport(address.host, address.port)}")
             task_status.started(proxy)
@@ -89,6 +108,7 @@ async def serve(
                     break
                 log.info("received %s, draining for at most %.0f s", name, config.proxy.drain_time)
                 nursery.start_soon(drain_then_stop)
+    await store.close()
 
 
 def _hostport(host: str, port: int) -> str:

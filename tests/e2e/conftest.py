@@ -356,7 +356,9 @@ class Lab:
             args += ["-key", key, value]
         args += list(extra_args)
         with open(self.workdir / f"{name}.out", "wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir)
+            proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir
+            )
         run = SippRun(name, scenario, port, transport, self.workdir, proc)
         self.sipps.append(run)
         return run
@@ -369,6 +371,7 @@ class Lab:
         keys: dict[str, str] | None = None,
         extra_args: Sequence[str] = (),
         name: str | None = None,
+        subst: dict[str, str] | None = None,
     ) -> SippRun:
         """Start a SIPp callee in the background and wait until its port is bound."""
         name = name or f"uas{len(self.sipps)}"
@@ -383,6 +386,7 @@ class Lab:
             calls=1,
             keys=keys or {},
             extra_args=extra_args,
+            subst=subst,
         )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

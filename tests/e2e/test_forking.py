@@ -14,7 +14,9 @@ def target(uas: SippRun, user: str) -> str:
 
 
 def final_statuses(uac: SippRun, method: str = "INVITE") -> list[int]:
-    return [m.status for m in uac.received() if m.method == method and m.status is not None and m.status >= 200]
+    return [
+        m.status for m in uac.received() if m.method == method and m.status is not None and m.status >= 200
+    ]
 
 
 def test_parallel_fork_answer_cancels_the_ringing_branch(lab: Lab) -> None:
@@ -39,7 +41,7 @@ def test_parallel_fork_answer_cancels_the_ringing_branch(lab: Lab) -> None:
 
 def test_serial_fork_busy_then_answer(lab: Lab) -> None:
     """Two stages: the first target answers 486, then the second is tried and answers 200."""
-    busy = lab.uas("uas_reject.xml", name="busy", keys={"status": "486", "reason": "Busy Here"})
+    busy = lab.uas("uas_reject.xml", name="busy", subst={"STATUS": "486", "REASON": "Busy Here"})
     answer = lab.uas("uas_answer.xml", name="answer")
     proxy = lab.proxy(fork=[[target(busy, "a")], [target(answer, "b")]])
     uac = lab.uac("uac_call.xml", proxy.address)
@@ -54,7 +56,7 @@ def test_serial_fork_busy_then_answer(lab: Lab) -> None:
 
 def test_decline_on_one_branch_cancels_the_other(lab: Lab) -> None:
     """A 603 on one branch cancels the ringing one (16.7 step 5-6); the caller receives the 603."""
-    decline = lab.uas("uas_reject.xml", name="decline", keys={"status": "603", "reason": "Decline"})
+    decline = lab.uas("uas_reject.xml", name="decline", subst={"STATUS": "603", "REASON": "Decline"})
     ringing = lab.uas("uas_ring_cancel.xml", name="ringing")
     proxy = lab.proxy(fork=[[target(decline, "a"), target(ringing, "b")]])
     uac = lab.uac("uac_failed.xml", proxy.address, subst={"FINAL": "603"})

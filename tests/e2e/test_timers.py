@@ -10,7 +10,9 @@ pytestmark = pytest.mark.e2e
 
 
 def final_statuses(uac: SippRun) -> list[int]:
-    return [m.status for m in uac.received() if m.method == "INVITE" and m.status is not None and m.status >= 200]
+    return [
+        m.status for m in uac.received() if m.method == "INVITE" and m.status is not None and m.status >= 200
+    ]
 
 
 def test_silent_callee_gives_408(lab: Lab) -> None:

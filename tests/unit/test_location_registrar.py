@@ -9,8 +9,18 @@ import pytest
 import trio
 
 from tests.redis_server import unique_prefix
-from trioproxy.location import Binding, LocationStore, Registrar, RegistrarPolicy, open_store, stages
-from trioproxy.sip import Address, Request, Response, parse_message_untrusted
+from trioproxy.location import (
+    Binding,
+    Guard,
+    LocationStore,
+    MemoryStore,
+    Registrar,
+    RegistrarPolicy,
+    open_store,
+    stages,
+)
+from trioproxy.location.store import Plan
+from trioproxy.sip import Address, Request, Response, parse_message_untrusted, parse_uri_untrusted
 
 T0 = 1_700_000_000.0
 AOR = "alice@example.com"
@@ -98,11 +108,18 @@ async def test_aor_key_from_to_uri_host_case_and_params(registrar: Registrar) ->
     assert (await registrar.save(req, now=T0)).status == 200
     assert await contacts_of(registrar) == ["sip:alice@10.0.0.1"]
     assert await registrar.lookup("Alice@example.com", T0) == []  # the user part is case-sensitive
+    # A URI (such as a Request-URI) is looked up by its AOR key.
+    by_uri = await registrar.lookup(parse_uri_untrusted("sip:alice@Example.com;user=phone"), T0)
+    assert [b.contact for b in by_uri] == ["sip:alice@10.0.0.1"]
+    assert await registrar.registered(parse_uri_untrusted("sips:alice@example.com:5061"), T0) is True
 
 
 async def test_expires_param_then_header_then_default(registrar: Registrar) -> None:
     req = register("<sip:a@10.0.0.1>;expires=120", "<sip:a@10.0.0.2>", expires=300)
-    assert contact_expires(await registrar.save(req, now=T0)) == {"sip:a@10.0.0.1": 120, "sip:a@10.0.0.2": 300}
+    assert contact_expires(await registrar.save(req, now=T0)) == {
+        "sip:a@10.0.0.1": 120,
+        "sip:a@10.0.0.2": 300,
+    }
     req = register("<sip:a@10.0.0.3>", cseq=2)
     resp = await registrar.save(req, now=T0 + 20)
     assert contact_expires(resp) == {"sip:a@10.0.0.1": 100, "sip:a@10.0.0.2": 280, "sip:a@10.0.0.3": 3600}
@@ -207,7 +224,12 @@ async def test_q_ordering_lookup_and_stages(registrar: Registrar) -> None:
         "sip:a@10.0.0.1": 0.5, "sip:a@10.0.0.2": 0.5, "sip:a@10.0.0.3": 1.0, "sip:a@10.0.0.4": 0.1,
     }  # fmt: skip
     found = await registrar.lookup(AOR, T0 + 3)
-    assert [b.contact for b in found] == ["sip:a@10.0.0.3", "sip:a@10.0.0.2", "sip:a@10.0.0.1", "sip:a@10.0.0.4"]
+    assert [b.contact for b in found] == [
+        "sip:a@10.0.0.3",
+        "sip:a@10.0.0.2",
+        "sip:a@10.0.0.1",
+        "sip:a@10.0.0.4",
+    ]
     grouped = [[b.contact for b in stage] for stage in stages(found)]
     assert grouped == [["sip:a@10.0.0.3"], ["sip:a@10.0.0.2", "sip:a@10.0.0.1"], ["sip:a@10.0.0.4"]]
     assert stages([]) == []
@@ -225,10 +247,14 @@ async def test_max_contacts_reject(store: LocationStore) -> None:
     resp = await registrar.save(register("<sip:a@10.0.0.1>", "<sip:a@10.0.0.2>", "<sip:a@10.0.0.3>"), now=T0)
     assert resp.status == 403
     assert await registrar.lookup(AOR, T0) == []
-    assert (await registrar.save(register("<sip:a@10.0.0.1>", "<sip:a@10.0.0.2>", cseq=2), now=T0)).status == 200
+    assert (
+        await registrar.save(register("<sip:a@10.0.0.1>", "<sip:a@10.0.0.2>", cseq=2), now=T0)
+    ).status == 200
     assert (await registrar.save(register("<sip:a@10.0.0.3>", cseq=3), now=T0)).status == 403
     # Refreshing, or replacing one by removing another in the same request, stays within the limit.
-    resp = await registrar.save(register("<sip:a@10.0.0.1>;expires=0", "<sip:a@10.0.0.3>", cseq=4), now=T0 + 1)
+    resp = await registrar.save(
+        register("<sip:a@10.0.0.1>;expires=0", "<sip:a@10.0.0.3>", cseq=4), now=T0 + 1
+    )
     assert set(contact_expires(resp)) == {"sip:a@10.0.0.2", "sip:a@10.0.0.3"}
 
 
@@ -355,3 +381,17 @@ async def test_concurrent_registers_for_one_aor_are_serialised(registrar: Regist
     assert results == dict.fromkeys(range(8), 200)
     found: list[Binding] = await registrar.lookup(AOR, T0 + 8)
     assert len(found) == 8
+
+
+class BrokenStore(MemoryStore):
+    async def transact(
+        self, aor: str, now: float, plan: Plan, *, guard: Guard | None = None
+    ) -> list[Binding] | None:
+        raise OSError("disk on fire")
+
+
+async def test_store_failure_is_500() -> None:
+    store = BrokenStore()
+    resp = await Registrar(store).save(register("<sip:a@10.0.0.1>"), now=T0)
+    assert (resp.status, resp.reason) == (500, "Server Internal Error")
+    assert await store.get(AOR, T0) == []

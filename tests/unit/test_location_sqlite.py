@@ -48,7 +48,9 @@ async def test_bindings_survive_reopen(tmp_path: Path) -> None:
             "sip:alice@10.0.0.1", 0.7, 1, ("<sip:edge.example.net;lr>",), T0 + 3600,
         )  # fmt: skip
         # The stored CSeq still orders later requests after the restart.
-        assert (await Registrar(reopened).save(register("<sip:alice@10.0.0.1>", cseq=1), now=T0)).status == 500
+        assert (
+            await Registrar(reopened).save(register("<sip:alice@10.0.0.1>", cseq=1), now=T0)
+        ).status == 500
     finally:
         await reopened.close()
 

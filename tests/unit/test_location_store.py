@@ -28,7 +28,9 @@ from trioproxy.sip import Address
 T0 = 1_000_000.0
 
 
-def binding(aor: str = "alice@example.com", contact: str = "sip:alice@10.0.0.1:5060", **kw: object) -> Binding:
+def binding(
+    aor: str = "alice@example.com", contact: str = "sip:alice@10.0.0.1:5060", **kw: object
+) -> Binding:
     values: dict[str, object] = {
         "aor": aor, "contact": contact, "expires_at": T0 + 3600, "q": 1.0, "call_id": "cid-1", "cseq": 1,
         "last_modified": T0,
@@ -59,7 +61,10 @@ async def store(store_url: str) -> AsyncIterator[LocationStore]:
 async def test_open_store_picks_backend(store: LocationStore, store_url: str) -> None:
     assert isinstance(store, LocationStore)
     kind = store_url.partition(":")[0]
-    assert type(store).__name__ == {"memory": "MemoryStore", "sqlite": "SqliteStore", "redis": "RedisStore"}[kind]
+    assert (
+        type(store).__name__
+        == {"memory": "MemoryStore", "sqlite": "SqliteStore", "redis": "RedisStore"}[kind]
+    )
 
 
 async def test_put_get_roundtrip_keeps_every_field(store: LocationStore) -> None:
@@ -234,3 +239,33 @@ async def test_open_store_urls(tmp_path: object) -> None:
     assert isinstance(s, SqliteStore)
     assert s.path == f"{tmp_path}/x.db"
     await s.close()
+
+
+async def test_transact_plans_on_live_snapshot_and_returns_result(store: LocationStore) -> None:
+    await store.put(binding(contact="sip:a@h1", expires_at=T0 + 5))
+    await store.put(binding(contact="sip:a@h2"))
+    seen: list[list[str]] = []
+
+    def plan(snapshot: list[Binding]) -> tuple[list[Binding], list[str]]:
+        seen.append(sorted(b.contact for b in snapshot))
+        return [binding(contact="sip:a@h3", cseq=2)], ["sip:a@h2"]
+
+    result = await store.transact("alice@example.com", T0 + 10, plan, guard=("cid-1", 2))
+    assert seen == [["sip:a@h2"]]  # the expired binding is not offered to the plan
+    assert result is not None
+    assert [b.contact for b in result] == ["sip:a@h3"]
+    assert [b.contact for b in await store.get("alice@example.com", T0 + 10)] == ["sip:a@h3"]
+
+
+async def test_transact_plan_error_changes_nothing(store: LocationStore) -> None:
+    await store.put(binding(contact="sip:a@h1"))
+
+    def plan(snapshot: list[Binding]) -> tuple[list[Binding], list[str]]:
+        raise LookupError("refused")
+
+    with pytest.raises(LookupError):
+        await store.transact("alice@example.com", T0, plan)
+    assert [b.contact for b in await store.get("alice@example.com", T0)] == ["sip:a@h1"]
+    # The backend is still usable afterwards (the sqlite transaction was rolled back).
+    await store.put(binding(contact="sip:a@h2"))
+    assert await store.counts() == (1, 2)

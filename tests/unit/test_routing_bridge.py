@@ -54,7 +54,9 @@ async def test_not_found_branch() -> None:
 async def test_two_routes_interleave(autojump_clock: trio.testing.MockClock) -> None:
     # One route waits 5 s in a slow lookup; another, started later, finishes first.
     script = load(LOOKUP_SCRIPT)
-    slow = FakeServices(lookup_delay=5.0, contacts={"bob@proxy.example.com": [ContactInfo("sip:bob@192.0.2.50")]})
+    slow = FakeServices(
+        lookup_delay=5.0, contacts={"bob@proxy.example.com": [ContactInfo("sip:bob@192.0.2.50")]}
+    )
     fast = FakeServices(contacts={"carol@proxy.example.com": [ContactInfo("sip:carol@192.0.2.60")]})
     done: list[tuple[str, float]] = []
 
@@ -77,7 +79,9 @@ async def test_two_routes_interleave(autojump_clock: trio.testing.MockClock) -> 
 
 
 async def test_sleep_is_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
-    script = load("function ksr_request_route()\n local t = 2\n KSR.x.sleep(t)\n KSR.x.sleep(0.5)\n return t\nend")
+    script = load(
+        "function ksr_request_route()\n local t = 2\n KSR.x.sleep(t)\n KSR.x.sleep(0.5)\n return t\nend"
+    )
     services = FakeServices()
     start = trio.current_time()
     assert await script.run_request_route(make_state(), services) == 2
@@ -187,3 +191,11 @@ async def test_yield_from_inside_a_c_callback_is_an_error() -> None:
         await script.run_request_route(make_state(), FakeServices())
     assert info.value.line == 3
     assert "yield" in info.value.cause
+
+
+async def test_empty_route_name_does_not_rerun_top_level_code() -> None:
+    script = load("n = (n or 0) + 1\nfunction ksr_request_route() return n end")
+    with pytest.raises(RouteError) as info:
+        await script.run_failure_route("", make_state(), FakeServices())
+    assert info.value.kind == "missing"
+    assert await script.run_request_route(make_state(), FakeServices()) == 1

@@ -21,9 +21,9 @@ GOOD = "function ksr_request_route()\n  return KSR.tm.t_relay()\nend\n"
         ("function ksr_request_route()\n\n  KSR.is_INVITEE()\nend", 3, "unknown function KSR.is_INVITEE"),
         ("function ksr_request_route()\n  if KSR.hdr.is_presnt('X') then end\nend", 2, "KSR.hdr.is_presnt"),
         (
-            "function ksr_request_route()\n  KSR.tm.t_on_failure(\"missing_route\")\nend",
+            'function ksr_request_route()\n  KSR.tm.t_on_failure("missing_route")\nend',
             2,
-            'no function missing_route',
+            "no function missing_route",
         ),
         (
             "function ksr_request_route()\n  KSR.tm.t_on_branch('b')\n  KSR.tm.t_on_reply([[r]])\nend\nfunction b() end",
@@ -36,7 +36,11 @@ GOOD = "function ksr_request_route()\n  return KSR.tm.t_relay()\nend\n"
         ("function ksr_request_route() end\nfunction ksr_init()\n  local x = nil\n  x()\nend", 4, "ksr_init"),
         ("function ksr_request_route() end\nfunction ksr_init() KSR.x.sleep(1) end", 0, "not allowed"),
         ("function ksr_request_route() end\nfunction ksr_init() while true do end end", 2, "budget"),
-        ("function ksr_request_route() end\nfunction ksr_init() KSR.setflag(1) end", 2, "needs a SIP message"),
+        (
+            "function ksr_request_route() end\nfunction ksr_init() KSR.setflag(1) end",
+            2,
+            "needs a SIP message",
+        ),
     ],
 )
 def test_load_refusals(source: str, line: int, message: str) -> None:
@@ -130,6 +134,8 @@ async def test_reload_swaps_and_keeps_old_on_failure(tmp_path: Path) -> None:
     failed = holder.reload()
     assert not failed.ok
     assert failed.errors == [f"{path}:4: unknown function KSR.tm.t_rely"]
+    assert (failed.line, failed.error) == (4, "unknown function KSR.tm.t_rely")
+    assert holder.loaded_at == first.at
     assert holder.current() is v1
     assert holder.last_reload is failed
     assert failed.sha256 != v1.sha256

@@ -21,6 +21,7 @@ ESCAPES = {
     "string metatable": "return getmetatable('') == false",
     "os.getenv": "return os.getenv == nil and os.exit == nil and os.remove == nil",
     "_G is the sandbox": "return _G.KSR == KSR and _G.debug == nil",
+    "python object metatable locked": "return getmetatable(KSR.info) == false and getmetatable(KSR.kx.get_ruri) == false",
     "KSR metatable locked": "return getmetatable(KSR) == false and getmetatable(KSR.tm) == false",
     "collectgarbage limited": "return not pcall(collectgarbage, 'stop') and type(collectgarbage('count')) == 'number'",
 }
@@ -28,7 +29,9 @@ ESCAPES = {
 
 @pytest.mark.parametrize("probe", list(ESCAPES), ids=list(ESCAPES))
 async def test_sandbox_globals(probe: str) -> None:
-    script = load(f"function ksr_request_route() if (function() {ESCAPES[probe]} end)() then return 1 end return -1 end")
+    script = load(
+        f"function ksr_request_route() if (function() {ESCAPES[probe]} end)() then return 1 end return -1 end"
+    )
     assert await script.run_request_route(make_state(), FakeServices()) == 1
 
 
@@ -166,3 +169,44 @@ async def test_python_exception_in_ksr_call_points_at_the_call_line() -> None:
     assert info.value.line == 3
     assert "out of range" in info.value.cause
     assert info.value.reply_queued is False
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "KSR.info(t)",
+        "KSR.pv.sets('$var(x)', t)",
+        "KSR.hdr.append(t)",
+        "KSR.x.sleep(t)",
+        "KSR.registrar.lookup(t)",
+    ],
+)
+async def test_lua_tables_never_reach_python(call: str) -> None:
+    # str() of a table in Python would run its __tostring outside the budget: refused at the call.
+    script = load(
+        "function ksr_request_route()\n"
+        "  local t = setmetatable({}, {__tostring = function() while true do end end})\n"
+        f"  {call}\n"
+        "end",
+        instruction_budget=10_000,
+    )
+    services = FakeServices()
+    with pytest.raises(RouteError) as info:
+        await script.run_request_route(make_state(), services)
+    assert info.value.line == 3
+    assert "arguments must be strings" in info.value.cause
+    assert services.calls == []
+
+
+async def test_print_uses_tostring_under_the_budget() -> None:
+    script = load(
+        "function ksr_request_route()\n"
+        "  local t = setmetatable({}, {__tostring = function() while true do end end})\n"
+        "  print(t)\n"
+        "end",
+        instruction_budget=10_000,
+    )
+    with pytest.raises(RouteError) as info:
+        await script.run_request_route(make_state(), FakeServices())
+    assert info.value.kind == "budget"
+    assert info.value.line == 2

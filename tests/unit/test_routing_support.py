@@ -37,7 +37,7 @@ def make_request(
     lines = [
         f"{method} {ruri} SIP/2.0",
         f"Via: SIP/2.0/UDP {via_host};branch=z9hG4bK-r1;rport",
-        "From: \"Alice\" <sip:alice@example.com>;tag=a1",
+        'From: "Alice" <sip:alice@example.com>;tag=a1',
         "To: <sip:bob@example.com>" + (f";tag={to_tag}" if to_tag else ""),
         "Call-ID: call-1@example.com",
         f"CSeq: 1 {method}",

@@ -234,7 +234,7 @@ def test_reason_phrase(status: int, phrase: str) -> None:
     ("raw", "status"),
     [
         (b"", 400),
-        (b"INVITE sip:a@b SIP/2.0\r\nVia: x\r\n", 400),
+        (b"INVITE sip:a@b SIP/2.0\r\nVia: x", 400),
         (b"INVITE  sip:a@b SIP/2.0\r\n\r\n", 400),
         (b"INVITE sip:a@b SIP/3.0\r\n\r\n", 505),
         (b"SIP/2.0 99 Low\r\n\r\n", 400),

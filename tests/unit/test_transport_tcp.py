@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -75,6 +75,22 @@ def flow_of(msg: Message) -> Flow:
 def source_of(msg: Message) -> Address:
     assert msg.source is not None
     return msg.source
+
+
+@pytest.fixture
+def patient_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only after 50 ms of real idleness, so loopback data in flight lands first."""
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+async def settle(predicate: Callable[[], bool]) -> None:
+    """Let every task run until blocked, until ``predicate`` holds (bounded)."""
+    for _ in range(500):
+        await trio.testing.wait_all_tasks_blocked()
+        if predicate():
+            return
+        await trio.sleep(0.01)
+    raise AssertionError("condition not reached")
 
 
 @asynccontextmanager
@@ -205,7 +221,7 @@ async def test_connect_refused_raises_transport_error() -> None:
             assert tp.statistics().tcp_connections_open == 0
 
 
-async def test_connect_timeout_with_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
+async def test_connect_timeout_with_virtual_time(patient_clock: trio.testing.MockClock) -> None:
     # Nothing answers SYNs sent to a listener whose backlog is full; the bounded connect gives up.
     config = TransportConfig(connect_timeout=10.0)
     backlog = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -274,7 +290,7 @@ async def test_framing_error_closes_connection() -> None:
             no_length = request().replace(b"Content-Length: 0\r\n", b"")
             await peer.stream.send_all(no_length)
             assert await peer.stream.receive_some(100) == b""
-            await trio.testing.wait_all_tasks_blocked()
+            await settle(lambda: tp.statistics().tcp_connections_closed == 1)
             stats = tp.statistics()
             assert stats.framing_errors == 1 and stats.tcp_connections_open == 0
             await peer.stream.aclose()
@@ -295,7 +311,7 @@ async def test_malformed_message_on_stream_is_delivered() -> None:
             await peer.stream.aclose()
 
 
-async def test_idle_timeout_closes_quiet_connections(autojump_clock: trio.testing.MockClock) -> None:
+async def test_idle_timeout_closes_quiet_connections(patient_clock: trio.testing.MockClock) -> None:
     config = TransportConfig(idle_timeout=300.0)
     with trio.fail_after(1000):
         async with serving([Listen("tcp", "127.0.0.1", 0)], config) as tp:
@@ -330,8 +346,7 @@ async def test_response_reopens_connection_by_via_when_closed() -> None:
             msg = await tp.incoming.receive()
             assert isinstance(msg, Request)
             await peer.stream.aclose()
-            await trio.testing.wait_all_tasks_blocked()
-            assert tp.connection(source_of(msg)) is None
+            await settle(lambda: tp.connection(source_of(msg)) is None)
             # RFC 3261 18.2.2: the connection is gone, so open one to the Via's sent-by.
             await tp.send_response(make_response(msg, 200), flow_of(msg))
             accepted, _ = await lsock.accept()
@@ -367,3 +382,30 @@ async def test_ipv6_tcp_round_trip() -> None:
             resp = await peer.read_message()
             assert isinstance(resp, Response) and resp.status == 200
             await peer.stream.aclose()
+
+
+async def test_full_channel_pushes_back_on_tcp_instead_of_dropping() -> None:
+    config = TransportConfig(incoming_capacity=1)
+    with trio.fail_after(TIMEOUT):
+        async with serving([Listen("tcp", "127.0.0.1", 0)], config) as tp:
+            peer = await connect(tp.local_address("tcp").port)
+            await peer.stream.send_all(b"".join(request(call_id=f"bp-{i}") for i in range(5)))
+            await settle(lambda: tp.statistics().tcp_messages_in >= 2)
+            # One message queued, the reader waits with the rest: nothing is lost.
+            await trio.testing.wait_all_tasks_blocked()
+            assert tp.statistics().tcp_messages_in == 2
+            got = [await tp.incoming.receive() for _ in range(5)]
+            assert [m.call_id for m in got if isinstance(m, Request)] == [f"bp-{i}" for i in range(5)]
+            assert tp.statistics().udp_drops == 0
+            await peer.stream.aclose()
+
+
+async def test_local_address_defaults_to_first_listener_of_transport() -> None:
+    with trio.fail_after(TIMEOUT):
+        listens = [Listen("tcp", "127.0.0.1", 0, advertise="192.0.2.10"), Listen("udp", "127.0.0.1", 0)]
+        async with serving(listens) as tp:
+            tcp = tp.local_address("tcp")
+            assert tcp.host == "192.0.2.10" and tcp.port != 0
+            assert tp.local_address("tcp", socket.AF_INET) == tcp
+            assert tp.local_address("udp").transport == "udp"
+            assert tp.listen_addresses() == [tp.local_address("udp"), tcp]

@@ -186,6 +186,7 @@ async def test_icmp_port_unreachable_raises_transport_error() -> None:
             assert "unreachable" in str(raised) or "refused" in str(raised).lower()
             stats = tp.statistics()
             assert stats.send_errors >= 1
+            assert stats.udp_icmp_errors >= 1  # read from the socket's error queue (IP_RECVERR)
             # Other destinations are not blamed for it.
             with client_socket() as peer:
                 await peer.bind(("127.0.0.1", 0))
@@ -203,7 +204,11 @@ async def test_overload_drops_and_counts() -> None:
                 for i in range(20):
                     via = f"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKov{i}"
                     await client.sendto(options(via, call_id=f"ov-{i}"), ("127.0.0.1", port))
-                await trio.testing.wait_all_tasks_blocked()
+                for _ in range(500):
+                    await trio.testing.wait_all_tasks_blocked()
+                    if tp.statistics().udp_datagrams_in == 20:
+                        break
+                    await trio.sleep(0.01)
             stats = tp.statistics()
             assert stats.udp_drops == 16
             received = [tp.incoming.receive_nowait() for _ in range(4)]
@@ -299,3 +304,31 @@ async def test_ipv6_and_ipv4_listeners_side_by_side() -> None:
                 assert addr[1] == local6.port
                 resp = parse_message_untrusted(data)
                 assert isinstance(resp, Response) and resp.status == 200
+
+
+async def test_bind_conflict_is_reported_and_releases_other_sockets() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving([Listen("udp", "127.0.0.1", 0)]) as first:
+            taken = first.local_address("udp").port
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind(("127.0.0.1", 0))
+                tcp_port = probe.getsockname()[1]
+            tp = Transports([Listen("tcp", "127.0.0.1", tcp_port), Listen("udp", "127.0.0.1", taken)])
+            async with trio.open_nursery() as nursery:
+                with pytest.raises(OSError, match=r"cannot listen on udp:127\.0\.0\.1"):
+                    await nursery.start(tp.serve)
+            # The TCP listener bound before the failure was closed again.
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as again:
+                again.bind(("127.0.0.1", tcp_port))
+            with pytest.raises(RuntimeError):
+                await tp.serve()
+
+
+async def test_reuse_port_lets_two_workers_share_the_port() -> None:
+    config = TransportConfig(reuse_port=True)
+    with trio.fail_after(TIMEOUT):
+        async with serving([Listen("udp", "127.0.0.1", 0), Listen("tcp", "127.0.0.1", 0)], config) as one:
+            udp, tcp = one.local_address("udp"), one.local_address("tcp")
+            listens = [Listen("udp", "127.0.0.1", udp.port), Listen("tcp", "127.0.0.1", tcp.port)]
+            async with serving(listens, config) as two:
+                assert two.local_address("udp") == udp and two.local_address("tcp") == tcp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trioproxy.sip import Address, Request, SIPError, Via, parse_message_untrusted
-from trioproxy.transport import Malformed, response_address, same_ip, stamp_via
+from trioproxy.transport import Flow, Malformed, response_address, response_target, same_ip, stamp_via
 from trioproxy.transport.inbound import answerable_request, is_blank
 
 
@@ -107,7 +107,9 @@ def test_same_ip() -> None:
     ],
 )
 def test_response_address(via: str, transport: str, expected: Address) -> None:
-    assert response_address(Via.parse_untrusted(via), transport) == expected
+    parsed = Via.parse_untrusted(via)
+    assert response_address(parsed, transport) == expected
+    assert response_target(parsed, transport) == (expected.host, expected.port)
 
 
 def test_answerable_request_needs_request_line_and_via() -> None:
@@ -127,8 +129,6 @@ def test_malformed_carries_status() -> None:
     src = Address("udp", "127.0.0.1", 5)
     with pytest.raises(SIPError) as info:
         parse_message_untrusted(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nno colon here\r\n\r\n")
-    from trioproxy.transport import Flow
-
     flow = Flow("udp", src, src, False)
     item = Malformed(b"x", src, flow, info.value)
     assert item.error.status == 400

@@ -2,14 +2,21 @@
 
 Steps 1-5 of 10.3 (domain of the Request-URI, Require, authentication, authorisation, AOR validity) are the
 routing script's job; `Registrar.save` starts at step 6. A REGISTER is processed atomically (10.3: "either
-processed completely or not at all"): the whole update is planned against a snapshot, then applied with one
-`LocationStore.update` that re-checks the Call-ID/CSeq rule inside the backend's own atomic step.
+processed completely or not at all"): `LocationStore.transact` reads the AOR's bindings, runs the pure plan
+(`_plan_bindings`) and applies its puts and removals in one atomic step of the backend, re-checking the
+Call-ID/CSeq rule there. REGISTERs for one AOR are serialised in this process by a per-AOR lock.
+
+Out-of-order CSeq (10.3 step 7: same Call-ID, CSeq not higher than the stored binding's): "the update MUST
+be aborted and the request fails"; since a REGISTER's bindings are committed all or none (same step, last
+paragraph: a failed update "MUST fail with a 500 (Server Error)"), the registrar answers 500 and changes
+nothing, rather than silently ignoring the stale binding.
 """
 
 from __future__ import annotations
 
 import email.utils
 import functools
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,12 +25,14 @@ from typing import Any, Literal
 
 import trio
 
-from trioproxy.sip import NameAddr, Request, Response, SIPError, make_response, parse_uri_untrusted
+from trioproxy.sip import URI, NameAddr, Request, Response, SIPError, make_response, parse_uri_untrusted
 
 from .binding import AddressLike, Binding, aor_key, format_source
 from .store import Guard, LocationStore, Plan, guard_blocks
 
 __all__ = ["Registrar", "RegistrarPolicy", "order_bindings", "stages"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +73,7 @@ class _Reject(Exception):
 
 
 def order_bindings(bindings: list[Binding]) -> list[Binding]:
-    """q descending, then most recently refreshed first (RFC 3261 16.6: higher q tried first)."""
+    """q descending, then most recently refreshed first (higher q tried first, RFC 3261 16.6 step 1)."""
     return sorted(bindings, key=lambda b: (-b.q, -b.last_modified, b.contact))
 
 
@@ -96,6 +105,10 @@ def _contact_uri_equal(a: str, b: str) -> bool:
         return parse_uri_untrusted(a).equivalent(parse_uri_untrusted(b))
     except SIPError:
         return False
+
+
+def _key(aor: str | URI) -> str:
+    return aor if isinstance(aor, str) else aor_key(aor.user, aor.host)
 
 
 def _has_option(request: Request, header: str, tag: str) -> bool:
@@ -156,7 +169,9 @@ def _plan_bindings(
     limit = policy.max_contacts
     if limit and len(current) > limit:
         # Past the limit: refuse, or drop the least recently refreshed bindings this REGISTER does not carry.
-        victims = sorted((b for b in current.values() if b.contact not in puts), key=lambda b: b.last_modified)
+        victims = sorted(
+            (b for b in current.values() if b.contact not in puts), key=lambda b: b.last_modified
+        )
         excess = len(current) - limit
         if policy.on_too_many == "reject" or excess > len(victims):
             raise _Reject(403, "Too Many Registered Contacts")
@@ -196,8 +211,8 @@ class Registrar:
         received: AddressLike | str | None = None,
         flags: int = 0,
     ) -> Response:
-        """Process a REGISTER (10.3 steps 6-8) and return the response to send (200, 400, 403, 420,
-        423 or 500). `received`: the source to reach a NATed UA at (else a `received` Contact parameter,
+        """Process a REGISTER (10.3 steps 6-8) and return the response to send (200, 400, 403, 404, 420,
+        423 or 500; 500 also when the store fails). `received`: the source to reach a NATed UA at (else a `received` Contact parameter,
         as a NAT helper adds, is used). A REGISTER without Contact is a query."""
         try:
             aor = self.aor_of(request)
@@ -208,6 +223,11 @@ class Registrar:
             return make_response(request, rej.status, rej.reason, headers=list(rej.headers))
         except SIPError as exc:
             return make_response(request, exc.status, exc.reason)
+        except Exception:
+            # 10.3 step 7: a failed back-end commit fails the request with 500 (nothing was committed:
+            # every backend applies a REGISTER in one transaction or script).
+            log.exception("registrar: location store failed")
+            return make_response(request, 500, "Server Internal Error")
 
     @staticmethod
     def aor_of(request: Request) -> str:
@@ -324,16 +344,20 @@ class Registrar:
             value += f";reg-id={b.reg_id}"
         return value
 
-    async def lookup(self, aor: str, now: float) -> list[Binding]:
-        """Current bindings of `aor`, q descending then most recent first."""
-        return order_bindings(await self.store.get(aor, now))
+    async def lookup(self, aor: str | URI, now: float) -> list[Binding]:
+        """Current bindings of `aor` (a key or a URI such as the Request-URI), q descending then most
+        recent first."""
+        return order_bindings(await self.store.get(_key(aor), now))
 
-    async def registered(self, aor: str, now: float | None = None) -> bool:
+    async def registered(self, aor: str | URI, now: float | None = None) -> bool:
         """True when `aor` has at least one binding not expired at `now` (default: the wall clock)."""
-        return bool(await self.store.get(aor, time.time() if now is None else now))
+        return bool(await self.store.get(_key(aor), time.time() if now is None else now))
 
-    async def unregister(self, aor: str, contact: str | None = None, *, now: float | None = None) -> int:
+    async def unregister(
+        self, aor: str | URI, contact: str | None = None, *, now: float | None = None
+    ) -> int:
         """Remove every binding of `aor`, or only those matching `contact` (19.1.4); returns how many."""
+        aor = _key(aor)
         if contact is None:
             return await self.store.delete_aor(aor)
         removed = 0

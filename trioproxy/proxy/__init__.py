@@ -5,6 +5,7 @@ from __future__ import annotations
 from trioproxy.proxy.context import Branch, BranchEvent, RequestContext
 from trioproxy.proxy.core import Proxy, ProxyStats, TransportLike, simple_locate
 from trioproxy.proxy.forward import prepare_branch, preprocess_routes, record_route_values
+from trioproxy.proxy.location_router import LocationRouter, binding_target
 from trioproxy.proxy.response_context import Disposition, ResponseContext
 from trioproxy.proxy.router import Router, StaticRouter, Target
 from trioproxy.proxy.validate import Rejection, check_request, loop_hash
@@ -13,6 +14,7 @@ __all__ = [
     "Branch",
     "BranchEvent",
     "Disposition",
+    "LocationRouter",
     "Proxy",
     "ProxyStats",
     "Rejection",
@@ -22,6 +24,7 @@ __all__ = [
     "StaticRouter",
     "Target",
     "TransportLike",
+    "binding_target",
     "check_request",
     "loop_hash",
     "prepare_branch",

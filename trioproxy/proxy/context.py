@@ -133,6 +133,16 @@ class RequestContext:
         await self.proxy.respond(self, resp)
         return True
 
+    async def send(self, response: Response) -> bool:
+        """Send a response built elsewhere (for example by the registrar) as this request's answer."""
+        if self.stateless or (response.status >= 200 and self.rc.final_sent):
+            return False
+        if response.status >= 200:
+            self.rc.final_sent = True
+            self.final_status = response.status
+        await self.proxy.respond(self, response)
+        return True
+
     async def relay(self, targets: Sequence[Target] | None = None) -> int:
         """Fork to ``targets`` (default: the Request-URI). Kamailio-style result: 1 ok, negative refused.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +28,20 @@ class CheckResult:
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
-    """Outcome of ``ScriptHolder.reload``: ``ok`` when the new script is now active."""
+    """Outcome of ``ScriptHolder.reload``: ``ok`` when the new script is now active.
+
+    ``line`` and ``error`` describe the first error (``errors`` lists them all as ``file:line: message``);
+    ``at`` is the wall-clock time of the attempt.
+    """
 
     ok: bool
     path: str
     sha256: str
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    line: int | None = None
+    error: str | None = None
+    at: float = 0.0
 
 
 def _hash_file(path: str | Path) -> str:
@@ -79,6 +87,7 @@ class ScriptHolder:
         self.script: LuaScript | None = None
         self.path: str | None = None
         self.last_reload: ReloadResult | None = None
+        self.loaded_at: float | None = None  # wall-clock time the active script was loaded
 
     @property
     def sha256(self) -> str | None:
@@ -104,12 +113,15 @@ class ScriptHolder:
             )
         except ScriptError as e:
             self.stats.reloads_failed += 1
-            result = ReloadResult(False, target, _hash_file(target), list(e.errors))
+            result = ReloadResult(
+                False, target, _hash_file(target), list(e.errors), [], e.line, e.message, time.time()
+            )
             _log.error("reload of %s failed, keeping %s: %s", target, self.path, "; ".join(e.errors))
         else:
             self.script, self.path = script, target
+            self.loaded_at = time.time()
             self.stats.reloads_ok += 1
-            result = ReloadResult(True, target, script.sha256, [], list(script.warnings))
+            result = ReloadResult(True, target, script.sha256, [], list(script.warnings), at=self.loaded_at)
             _log.info("loaded %s (sha256 %s)", target, script.sha256[:12])
         self.last_reload = result
         return result

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from trioproxy.sip import SIPError, parse_uri_untrusted
 
-from .pv import get_pv, set_pv, unset_pv
+from .pv import SIMPLE_PVS, get_pv, set_pv, unset_pv
 from .state import RequestState
 
 if TYPE_CHECKING:
@@ -327,9 +327,10 @@ class Kx:
 
     def _getter(self, pv: str, empty: Value | None) -> object:
         ctx = self._ctx
+        fn = SIMPLE_PVS[pv[1:]]
 
         def get() -> Value | None:
-            v = get_pv(ctx.st, pv)
+            v = fn(ctx.st)
             return empty if v is None else v
 
         return get

@@ -134,7 +134,7 @@ class Tm(_Mod):
     def t_load_contacts(self) -> int:
         """Group the R-URI and the appended branches by q into serial stages (highest q first)."""
         st = self._st
-        targets = [BranchTarget(str(st.ruri), st.dst_uri, st.ruri_q, st.path, st.bflags), *st.branches]
+        targets = st.target_set()
         if len(targets) < 2:
             return 1
         by_q: dict[float, list[BranchTarget]] = {}
@@ -223,13 +223,19 @@ class Htable:
         return _b(self._ctx.htables.table(table).match_name(op, value))
 
 
+# RFC 1918 private ranges, RFC 6598 shared address space (carrier-grade NAT), RFC 4193 unique local.
+_PRIVATE_NETS = [
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+]
+
+
 def _private(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return False
-    # RFC 1918 and RFC 6598 (carrier-grade NAT) ranges.
-    return ip.is_private or ip in ipaddress.ip_network("100.64.0.0/10")
+    return any(ip in net for net in _PRIVATE_NETS if net.version == ip.version)
 
 
 _SDP_C_RE = re.compile(rb"^c=IN IP[46] ([^\s/]+)", re.M)

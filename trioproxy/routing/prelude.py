@@ -7,6 +7,8 @@ coroutine one step), ``close`` (drop a coroutine that will not be resumed).
 
 Sandbox decisions:
 
+- Python functions (the KSR entries) have their lupa metatable locked, so ``getmetatable`` cannot reach
+  its ``__gc``.
 - Base functions: assert error ipairs next pairs pcall xpcall select tonumber tostring type rawequal rawlen
   rawget setmetatable getmetatable print; ``rawset`` refuses the KSR tables; ``collectgarbage`` answers
   only ``"count"``. No load, loadfile, dofile, require, string.dump (removed from the runtime's string table
@@ -110,7 +112,7 @@ end
 
 local function start(id, fname, budget, ...)
   local fn
-  if fname == "" then fn = MAIN else fn = ENV[fname] end
+  if fname == nil then fn = MAIN else fn = ENV[fname] end
   if _type(fn) ~= "function" then return "missing", 0, fname end
   local co = co_create(function(...) return _xpcall(fn, handler, ...) end)
   sethook(co, hook, "", budget)
@@ -138,6 +140,10 @@ local BASE = {"assert", "error", "ipairs", "next", "pairs", "pcall", "xpcall", "
 local function setup(raw, shims, chunkname, src)
   CHUNK = "@" .. chunkname
   local core = raw._core
+  -- the metatable lupa gives Python objects holds __gc and friends: calling those by hand could free a
+  -- live object, so scripts must not reach it
+  local pmt = getmetatable(core.info)
+  if _type(pmt) == "table" then pmt.__metatable = false end
   local KSR = {}
   for k, v in _pairs(core) do KSR[k] = v end
   for mod, fns in _pairs(raw) do

@@ -14,7 +14,7 @@ from trioproxy.sip import Response, parse_uri_untrusted
 
 from .state import RequestState
 
-__all__ = ["PV_NAMES", "get_pv", "set_pv", "unset_pv"]
+__all__ = ["PV_NAMES", "SIMPLE_PVS", "get_pv", "set_pv", "unset_pv"]
 
 Value = str | int
 _PV_RE = re.compile(r"^\$(\w+)(?:\((.*)\))?$", re.S)
@@ -114,6 +114,7 @@ _SIMPLE: dict[str, Callable[[RequestState], Value | None]] = {
     "T_reply_code": _reply_code,
 }
 
+SIMPLE_PVS = _SIMPLE
 PV_NAMES = frozenset(_SIMPLE) | {"hdr", "var", "avp", "xavp"}
 
 
@@ -147,11 +148,22 @@ def _xavp_set(state: RequestState, spec: str, value: Value) -> None:
         items[i][key] = [value]
 
 
+# Scripts use a handful of names over and over; keep their parsed form (bounded).
+_PARSED: dict[str, tuple[str, str | None]] = {}
+_PARSED_MAX = 1024
+
+
 def _parse(name: str) -> tuple[str, str | None]:
+    hit = _PARSED.get(name)
+    if hit is not None:
+        return hit
     m = _PV_RE.match(name.strip())
     if m is None:
         raise ValueError(f"bad pseudo-variable {name!r}")
-    return m.group(1), m.group(2)
+    out = (m.group(1), m.group(2))
+    if len(_PARSED) < _PARSED_MAX:
+        _PARSED[name] = out
+    return out
 
 
 def get_pv(state: RequestState, name: str) -> Value | None:

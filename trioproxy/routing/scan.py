@@ -128,7 +128,9 @@ def scan_source(src: str, core: Set[str], modules: Mapping[str, Set[str]]) -> Sc
                     out.errors.append(Finding(t.line, f"unknown function KSR.{mod}"))
                 elif mod not in warned:
                     warned.add(mod)
-                    out.warnings.append(Finding(t.line, f"module KSR.{mod} is not provided (nil at run time)"))
+                    out.warnings.append(
+                        Finding(t.line, f"module KSR.{mod} is not provided (nil at run time)")
+                    )
         elif t.text in CALLBACK_FUNCS and at(k + 1, "op", "(") and at(k + 2, "str"):
             out.callbacks.append((t.text, toks[k + 2].text, t.line))
     return out

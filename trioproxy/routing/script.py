@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,31 @@ def _public(obj: object) -> dict[str, Any]:
     return {n: getattr(obj, n) for n in dir(obj) if not n.startswith("_")}
 
 
+_PLAIN = (str, int, float, type(None))
+
+
+def _check_args(where: str, args: tuple[Any, ...]) -> None:
+    # Only strings, numbers, booleans and nil cross into Python: str() of a Lua table would run its
+    # __tostring metamethod on the runtime's main thread, outside the route's instruction budget.
+    for a in args:
+        if not isinstance(a, _PLAIN):
+            raise TypeError(f"{where}: arguments must be strings, numbers, booleans or nil")
+
+
+def _guarded(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        for a in args:
+            if not isinstance(a, _PLAIN):
+                _check_args(name, args)
+        return fn(*args)
+
+    return call
+
+
+def _table(lua: Any, prefix: str, funcs: dict[str, Any]) -> Any:
+    return lua.table_from({n: _guarded(f"{prefix}{n}", f) for n, f in funcs.items()})
+
+
 _MODULE_CLASSES: dict[str, type] = {
     "pv": Pv, "hdr": Hdr, "textops": Textops, "siputils": Siputils, "maxfwd": Maxfwd, "rr": Rr, "tm": Tm,
     "tmx": Tmx, "corex": Corex, "htable": Htable, "nathelper": Nathelper,
@@ -162,11 +188,12 @@ class LuaScript:
             attribute_filter=_deny_attributes,
         )
         setup, self._start, self._resume, self._close, self._global_type = self._lua.execute(PRELUDE)
-        t = self._lua.table_from
-        raw: dict[str, Any] = {"_core": t(_public(Core(self._ctx)))}
+        lua = self._lua
+        t = lua.table_from
+        raw: dict[str, Any] = {"_core": _table(lua, "KSR.", _public(Core(self._ctx)))}
         for mod, cls in _MODULE_CLASSES.items():
-            raw[mod] = t(_public(cls(self._ctx)))
-        raw["kx"] = t(Kx(self._ctx).functions())
+            raw[mod] = _table(lua, f"KSR.{mod}.", _public(cls(self._ctx)))
+        raw["kx"] = _table(lua, "KSR.kx.", Kx(self._ctx).functions())
         shims = t({mod: t(fns) for mod, fns in EFFECT_SHIMS.items()})
         ok, err = _tuple2(setup(t(raw), shims, name, source))
         if not ok:
@@ -216,11 +243,11 @@ class LuaScript:
         return script
 
     def _init_checks(self, callbacks: list[tuple[str, str, int]]) -> None:
-        self._run_sync("", "top-level code")
+        self._run_sync(None, "top-level code")
         problems: list[Finding] = []
         for fn, route, line in callbacks:
             if self._global_type(route) != "function":
-                problems.append(Finding(line, f"{fn}(\"{route}\"): no function {route} in the script"))
+                problems.append(Finding(line, f'{fn}("{route}"): no function {route} in the script'))
         if self._global_type("ksr_request_route") != "function":
             problems.append(Finding(0, "the script does not define ksr_request_route"))
         if problems:
@@ -229,7 +256,7 @@ class LuaScript:
         if self._global_type("ksr_init") == "function":
             self._run_sync("ksr_init", "ksr_init")
 
-    def _run_sync(self, fname: str, what: str) -> None:
+    def _run_sync(self, fname: str | None, what: str) -> None:
         # Top-level code and ksr_init run without a message and may not yield effects.
         cid = next(self._ids)
         try:
@@ -239,7 +266,9 @@ class LuaScript:
         finally:
             self._close(cid)
         if res[0] == "effect":
-            raise ScriptError(self.name, 0, f"{what}: KSR call needing the proxy ({res[1]}) is not allowed here")
+            raise ScriptError(
+                self.name, 0, f"{what}: KSR call needing the proxy ({res[1]}) is not allowed here"
+            )
         if res[0] not in ("done", "missing"):
             line = int(res[1] or 0)
             raise ScriptError(self.name, line, f"{what}: {_clean(str(res[2]), self.name, line)}")
@@ -289,6 +318,7 @@ class LuaScript:
                     state.dropped = state.dropped or effect == "drop"
                     return 0
                 try:
+                    _check_args(effect, args)
                     ok, value = True, await HANDLERS[effect](state, services, args)
                 except Exception as e:  # the script sees it as an error raised by its KSR call
                     ok, value = False, f"{e}" or type(e).__name__

@@ -107,6 +107,13 @@ class RequestState:
         """Rewrite the Request-URI."""
         self.req.uri = parse_uri_untrusted(text)
 
+    def target_set(self) -> list[BranchTarget]:
+        """What ``t_relay`` forwards to: the R-URI branch ($ru, $du, q, path, bflags), then appended ones."""
+        return [
+            BranchTarget(str(self.ruri), self.dst_uri, self.ruri_q, self.path, self.bflags),
+            *self.branches,
+        ]
+
     def add_branch(self, target: BranchTarget) -> None:
         """Append a branch to the target set."""
         self.branches.append(target)

@@ -74,13 +74,23 @@ def _parse(data: bytes) -> Request | Response:
     else:
         # Tolerate a head terminated by bare LFs (RFC 3261 7.5 asks for CRLF; some agents send LF).
         end = data.find(b"\n\n")
-        if end < 0:
+        if end >= 0:
+            head = data[:end].decode("utf-8", "surrogateescape")
+            if "\r" in head:
+                raise SIPError(400, "Bare CR or LF")
+            lines = head.split("\n")
+            body = data[end + 2 :]
+        elif data.endswith(b"\r\n"):
+            # A datagram whose head ends without the empty line (RFC 5118 4.10 prints two such): taken as
+            # a message without a body.
+            head = data[:-2].decode("utf-8", "surrogateescape")
+            lines = head.split("\r\n")
+            n = len(lines) - 1
+            if head.count("\n") != n or head.count("\r") != n:
+                raise SIPError(400, "Bare CR or LF")
+            body = b""
+        else:
             raise SIPError(400, "Incomplete Message Head")
-        head = data[:end].decode("utf-8", "surrogateescape")
-        if "\r" in head:
-            raise SIPError(400, "Bare CR or LF")
-        lines = head.split("\n")
-        body = data[end + 2 :]
     if _FOLD_RE.search(head) is not None:
         lines = _unfold(lines)
     if len(lines) > MAX_HEADERS + 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -116,6 +117,15 @@ class URI:
         return ha == hb
 
 
+def valid_ipv6(text: str) -> bool:
+    """Whether ``text`` is an IPv6 address (RFC 4291 2.2; RFC 5118 4.10 rejects three colons)."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _unesc(text: str | None) -> str | None:
     if text is None or "%" not in text:
         return text
@@ -150,7 +160,7 @@ def _parse_host_port(text: str, uri: URI) -> None:
         if end < 0:
             raise SIPError(400, "Bad IPv6 Reference")
         host = text[1:end]
-        if not _IPV6_RE.fullmatch(host) or host.count(":") < 2:
+        if not _IPV6_RE.fullmatch(host) or not valid_ipv6(host):
             raise SIPError(400, "Bad IPv6 Reference")
         rest = text[end + 1 :]
         if rest and not rest.startswith(":"):

@@ -25,6 +25,7 @@ def _common(msg: Request | Response) -> None:
             raise SIPError(400, f"Multiple {key.title()} Values")
     if not msg.vias:
         raise SIPError(400, "Missing Via")
+    msg.cseq  # noqa: B018 - parse (RFC 3261 20.16: below 2**31)
     msg.call_id  # noqa: B018 - non-empty
     msg.from_  # noqa: B018 - parse
     msg.to  # noqa: B018

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from .errors import SIPError
 from .headers import PARAM, PARAM_FINDALL, format_params, parse_params
-from .uri import URI, parse_uri_untrusted
+from .uri import URI, parse_uri_untrusted, valid_ipv6
 
 __all__ = ["CSeq", "NameAddr", "Via"]
 
@@ -46,7 +46,7 @@ class Via:
             raise SIPError(400, "Bad Via Protocol")
         if host[0] == "[":
             host = host[1:-1]
-            if host.count(":") < 2:
+            if not valid_ipv6(host):
                 raise SIPError(400, "Bad Via Host")
         if port is not None:
             p = int(port)

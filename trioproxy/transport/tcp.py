@@ -88,11 +88,13 @@ class TCPConnection:
 class TCPListener:
     """A bound, listening TCP socket."""
 
-    def __init__(self, listen: Listen) -> None:
+    def __init__(self, listen: Listen, *, reuse_port: bool = False) -> None:
         family = listen.family
         raw = socket.socket(family, socket.SOCK_STREAM)
         try:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             raw.bind((listen.host, listen.port))
@@ -306,6 +308,9 @@ class TCPManager:
         except BaseException:
             sock.close()
             raise
+        if self.nursery is None:  # serve ended while we were connecting
+            sock.close()
+            raise TransportError("transports are not serving")
         stream = trio.SocketStream(sock)
         local = Address("tcp", local_name[0], local_name[1])
         conn = TCPConnection(stream, local, dest, outbound=True, send_timeout=self.config.send_timeout)

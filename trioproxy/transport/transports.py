@@ -38,6 +38,10 @@ class Transports:
 
     Usage: ``await nursery.start(transports.serve)``; then read ``transports.incoming``. Cancelling the serve
     task closes every socket and connection, and closes ``incoming`` for its readers.
+
+    A consumer on the hot path should drain with ``incoming.receive_nowait()`` and await ``receive()`` only
+    on ``trio.WouldBlock``: ``receive()`` yields to the scheduler even when a message is queued, which
+    costs several microseconds per message (scripts/bench_udp.py).
     """
 
     def __init__(self, listens: Sequence[Listen], config: TransportConfig | None = None) -> None:
@@ -55,19 +59,27 @@ class Transports:
         self._tcp_by_family: dict[socket.AddressFamily, TCPListener] = {}
         self._tcp = TCPManager(self.config, self._stats, send)
         self._literal: dict[str, bool] = {}
+        self._served = False
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind every listener, report readiness with ``task_status.started()``, receive until cancelled."""
+        if self._served:
+            raise RuntimeError("Transports.serve can run once")
+        self._served = True
         try:
             for listen in self._listens:
-                if listen.transport == "udp":
-                    endpoint = UDPEndpoint(listen, self.config, self._stats)
-                    self._udp.append(endpoint)
-                    self._udp_by_family.setdefault(endpoint.family, endpoint)
-                else:
-                    listener = TCPListener(listen)
-                    self._tcp_listeners.append(listener)
-                    self._tcp_by_family.setdefault(listener.family, listener)
+                try:
+                    if listen.transport == "udp":
+                        endpoint = UDPEndpoint(listen, self.config, self._stats)
+                        self._udp.append(endpoint)
+                        self._udp_by_family.setdefault(endpoint.family, endpoint)
+                    else:
+                        listener = TCPListener(listen, reuse_port=self.config.reuse_port)
+                        self._tcp_listeners.append(listener)
+                        self._tcp_by_family.setdefault(listener.family, listener)
+                except OSError as exc:
+                    where = Address(listen.transport, listen.host, listen.port)
+                    raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from exc
             async with trio.open_nursery() as nursery:
                 for endpoint in self._udp:
                     nursery.start_soon(endpoint.receive_loop, self._send_channel.send_nowait)
@@ -85,14 +97,17 @@ class Transports:
                 listener.close()
             self._send_channel.close()
 
-    def local_address(self, transport: str, family: socket.AddressFamily = socket.AF_INET) -> Address:
-        """The address to put in Via / Record-Route for ``transport`` and ``family`` (the bound port)."""
-        table: dict[socket.AddressFamily, UDPEndpoint] | dict[socket.AddressFamily, TCPListener]
-        table = self._udp_by_family if transport == "udp" else self._tcp_by_family
-        bound = table.get(family)
-        if bound is None:
-            raise TransportError(f"no bound {transport} listener for {family.name}")
-        return bound.advertised
+    def local_address(self, transport: str, family: socket.AddressFamily | None = None) -> Address:
+        """The address to put in Via / Record-Route for ``transport`` (the bound port, the ``advertise``
+        host if set). ``family`` picks the IPv4 or IPv6 listener; None takes the first one configured."""
+        bound: list[UDPEndpoint] | list[TCPListener] = (
+            self._udp if transport == "udp" else self._tcp_listeners
+        )
+        for item in bound:
+            if family is None or item.family == family:
+                return item.advertised
+        which = "" if family is None else f" for {family.name}"
+        raise TransportError(f"no bound {transport} listener{which}")
 
     def listen_addresses(self) -> list[Address]:
         """Every bound listener's advertised address, in configuration order per transport."""
@@ -115,7 +130,9 @@ class Transports:
         """
         transport = dest.transport
         if transport == "udp":
-            host = await self._ip_host(dest.host)
+            host = dest.host
+            if self._literal.get(host) is not True:
+                host = await self._ip_host(host)
             endpoint = self._udp_by_family.get(family_of(host))
             if endpoint is None:
                 raise TransportError(f"no udp listener for {dest.host}")

@@ -72,6 +72,8 @@ class TransportConfig:
     max_message_size: int = MAX_MESSAGE_SIZE
     # Connections open at once (accepted and opened); past it new accepts are closed at once.
     max_connections: int = 10000
+    # SO_REUSEPORT on every listener, so that several worker processes can share the SIP port.
+    reuse_port: bool = False
     # Kernel buffer sizes for UDP sockets (None keeps the system default).
     udp_rcvbuf: int | None = 4 * 1024 * 1024
     udp_sndbuf: int | None = None

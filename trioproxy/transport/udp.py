@@ -79,6 +79,8 @@ class UDPEndpoint:
                         sock.setsockopt(socket.SOL_SOCKET, option, size)
                     except OSError:  # pragma: no cover - capped by the system, keep its default
                         pass
+            if config.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((listen.host, listen.port))
             sock.setblocking(False)
             self._recverr = _enable_recverr(sock, family)
@@ -134,10 +136,12 @@ class UDPEndpoint:
             except InterruptedError:  # pragma: no cover - PEP 475 retries for us
                 continue
             except OSError as exc:
-                if exc.errno in _UNREACHABLE_ERRNOS:
-                    self._drain_errors()
-                    continue
-                raise
+                if exc.errno == errno.EBADF:
+                    raise
+                # An ICMP report (IP_RECVERR sets the socket error): the queue says for whom. Reading the
+                # error cleared it, so this cannot spin.
+                self._drain_errors()
+                continue
             woke = False
             stats.udp_datagrams_in += 1
             flow = flows.get(addr)
@@ -189,13 +193,14 @@ class UDPEndpoint:
                 await trio.lowlevel.wait_writable(self.sock)
                 continue
             except OSError as exc:
-                self._stats.send_errors += 1
-                if exc.errno in _UNREACHABLE_ERRNOS and not retried:
-                    # The error may belong to an earlier datagram to anyone: the queue tells whom.
+                if not retried and exc.errno != errno.EBADF:
+                    # A pending socket error may belong to an earlier datagram to anyone (IP_RECVERR):
+                    # read the queue to learn whom, then try once more.
                     retried = True
                     self._drain_errors()
                     self._check_unreachable(addr)
                     continue
+                self._stats.send_errors += 1
                 raise TransportError(f"udp send to {host}:{port} failed: {exc}") from exc
             self._stats.udp_datagrams_out += 1
             return
@@ -225,9 +230,9 @@ class UDPEndpoint:
             for _level, _type, payload in ancdata:
                 if len(payload) >= 4:
                     err = struct.unpack_from("=I", payload)[0]
-            if not isinstance(addr, tuple):  # pragma: no cover - no address: nothing to record
-                continue
             self._stats.udp_icmp_errors += 1
+            if err not in _UNREACHABLE_ERRNOS or not isinstance(addr, tuple):
+                continue  # e.g. EMSGSIZE (path MTU): not a reason to fail the destination
             if len(self._unreachable) >= _UNREACHABLE_MAX:
                 del self._unreachable[next(iter(self._unreachable))]
             self._unreachable[(addr[0], addr[1])] = (now, err)

@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Load benchmark of the running proxy: SIPp calls at a fixed rate through ``trioproxy run``, over loopback.
+
+Starts the proxy (no script: it forwards each request to its Request-URI with Record-Route), a SIPp UAS
+(built-in ``uas`` scenario) and a SIPp UAC (built-in ``uac``: INVITE, 100, 180, 200, ACK, BYE, 200) sending
+``--rate`` calls per second for ``--seconds`` through the proxy. Reports the calls attempted, succeeded and
+failed (SIPp's own counters), the call rate reached, the proxy's CPU seconds (utime + stime from
+/proc/PID/stat) per 1000 calls, and its resident memory before the load, right after it, and after
+``--rest`` seconds of rest.
+
+Usage: scripts/bench_load.py [--rate 50] [--seconds 10] [--transport udp|tcp] [--log-level info] [--json]
+Every process is started here and stopped by its PID (SIGTERM, then SIGKILL) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    rate: int
+    seconds: int
+    transport: str
+    log_level: str
+    attempted: int
+    succeeded: int
+    failed: int
+    sipp_exit: int | None
+    elapsed: float
+    achieved_rate: float
+    proxy_cpu_s: float
+    cpu_s_per_1000_calls: float
+    rss_before_kib: int
+    rss_after_load_kib: int
+    rss_after_rest_kib: int
+    sipp_retransmissions: int
+    failure_causes: dict[str, int]
+
+
+def free_port() -> int:
+    """A loopback port free for UDP and TCP both."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((HOST, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"bench_load: {what} did not happen within {timeout:.0f} s")
+
+
+def port_bound(port: int, transport: str) -> bool:
+    table = "/proc/net/udp" if transport == "udp" else "/proc/net/tcp"
+    want = f"0100007F:{port:04X}"
+    with open(table) as f:
+        return any(
+            len(p) > 3 and p[1] == want and (transport == "udp" or p[3] == "0A")
+            for p in (line.split() for line in f.readlines()[1:])
+        )
+
+
+def sipp_counters(stat_file: Path) -> dict[str, str]:
+    """The last row of a SIPp -trace_stat CSV file, by column name."""
+    with open(stat_file, newline="") as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    if len(rows) < 2:
+        return {}
+    return dict(zip(rows[0], rows[-1], strict=False))
+
+
+def run(args: argparse.Namespace, workdir: Path) -> Result:
+    proxy_port, uas_port, uac_port = free_port(), free_port(), free_port()
+    tflag = "u1" if args.transport == "udp" else "t1"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        proxy_out = workdir / "proxy.out"
+        with open(proxy_out, "wb") as out, open(workdir / "proxy.err", "wb") as err:
+            proxy = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "trioproxy",
+                    "run",
+                    "--listen",
+                    f"udp:{HOST}:{proxy_port}",
+                    "--listen",
+                    f"tcp:{HOST}:{proxy_port}",
+                    "--log-level",
+                    args.log_level,
+                ],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+        procs.append(proxy)
+        wait_for(lambda: proxy_out.read_text().count("listening on") >= 2, 20, "the proxy start")
+        with open(workdir / "uas.out", "wb") as out:
+            uas = subprocess.Popen(
+                ["sipp", "-sn", "uas", "-i", HOST, "-p", str(uas_port), "-t", tflag, "-nostdin"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=workdir,
+            )
+        procs.append(uas)
+        wait_for(lambda: port_bound(uas_port, args.transport), 20, "the SIPp UAS start")
+        time.sleep(1.0)  # let the proxy settle (imports done, heap warm) before the first reading
+        rss_before = rss_kib(proxy.pid)
+        cpu_before = cpu_seconds(proxy.pid)
+        calls = args.rate * args.seconds
+        stat_file = workdir / "uac.csv"
+        started = time.monotonic()
+        with open(workdir / "uac.out", "wb") as out:
+            uac = subprocess.Popen(
+                [
+                    "sipp",
+                    "-sn",
+                    "uac",
+                    f"{HOST}:{uas_port}",
+                    "-rsa",
+                    f"{HOST}:{proxy_port}",
+                    "-i",
+                    HOST,
+                    "-p",
+                    str(uac_port),
+                    "-t",
+                    tflag,
+                    "-r",
+                    str(args.rate),
+                    "-m",
+                    str(calls),
+                    "-l",
+                    str(args.limit),
+                    "-d",
+                    "0",
+                    "-nostdin",
+                    "-trace_stat",
+                    "-stf",
+                    str(stat_file),
+                    "-fd",
+                    "1",
+                    "-timeout",
+                    str(args.seconds + 60),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=workdir,
+            )
+        procs.append(uac)
+        try:
+            sipp_exit: int | None = uac.wait(timeout=args.seconds + 90)
+        except subprocess.TimeoutExpired:
+            stop(uac)
+            sipp_exit = None
+        elapsed = time.monotonic() - started
+        cpu_used = cpu_seconds(proxy.pid) - cpu_before
+        rss_after = rss_kib(proxy.pid)
+        time.sleep(args.rest)
+        rss_rest = rss_kib(proxy.pid)
+        counters = sipp_counters(stat_file)
+        attempted = int(counters.get("TotalCallCreated", 0) or 0)
+        succeeded = int(counters.get("SuccessfulCall(C)", 0) or 0)
+        failed = int(counters.get("FailedCall(C)", 0) or 0)
+        causes = {
+            name[len("Failed") : -3]: int(value)
+            for name, value in counters.items()
+            if name.startswith("Failed")
+            and name.endswith("(C)")
+            and name != "FailedCall(C)"
+            and value not in ("", "0")
+        }
+        return Result(
+            rate=args.rate,
+            seconds=args.seconds,
+            transport=args.transport,
+            log_level=args.log_level,
+            attempted=attempted,
+            succeeded=succeeded,
+            failed=failed,
+            sipp_exit=sipp_exit,
+            elapsed=round(elapsed, 2),
+            achieved_rate=round(attempted / elapsed, 1) if elapsed > 0 else 0.0,
+            proxy_cpu_s=round(cpu_used, 2),
+            cpu_s_per_1000_calls=round(cpu_used * 1000 / attempted, 3) if attempted else 0.0,
+            rss_before_kib=rss_before,
+            rss_after_load_kib=rss_after,
+            rss_after_rest_kib=rss_rest,
+            sipp_retransmissions=int(counters.get("Retransmissions(C)", 0) or 0),
+            failure_causes=causes,
+        )
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--rate", type=int, default=50, help="calls per second (default 50)")
+    p.add_argument("--seconds", type=int, default=10, help="length of the load (default 10)")
+    p.add_argument("--limit", type=int, default=5000, help="SIPp's limit of simultaneous calls (-l)")
+    p.add_argument("--transport", choices=["udp", "tcp"], default="udp")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--rest", type=float, default=10.0, help="seconds of rest before the last RSS reading")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, SIPp statistics)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    args = p.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="trioproxy-bench-"))
+    try:
+        result = run(args, workdir)
+    finally:
+        if not args.keep:
+            for child in workdir.iterdir():
+                child.unlink()
+            workdir.rmdir()
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print(
+            f"rate {result.rate}/s for {result.seconds} s over {result.transport} (log level {result.log_level})"
+        )
+        print(f"  calls attempted {result.attempted}, succeeded {result.succeeded}, failed {result.failed}")
+        print(
+            f"  elapsed {result.elapsed} s, achieved {result.achieved_rate} calls/s, SIPp exit {result.sipp_exit}"
+        )
+        print(
+            f"  UAC retransmissions {result.sipp_retransmissions}, failure causes {result.failure_causes or '-'}"
+        )
+        print(f"  proxy CPU {result.proxy_cpu_s} s = {result.cpu_s_per_1000_calls} s per 1000 calls")
+        print(
+            f"  proxy RSS before {result.rss_before_kib} KiB, after load {result.rss_after_load_kib} KiB, "
+            f"after {args.rest:.0f} s rest {result.rss_after_rest_kib} KiB"
+        )
+        if args.keep:
+            print(f"  work directory: {workdir}")
+    return 0 if result.failed == 0 and result.sipp_exit == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Properties: round trips of generated messages, and nothing but SIPError out of untrusted input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trioproxy.sip import (
+    URI,
+    Keepalive,
+    Message,
+    NameAddr,
+    Request,
+    Response,
+    SIPError,
+    StreamFramer,
+    Via,
+    parse_message_untrusted,
+    parse_uri_untrusted,
+    validate_request_untrusted,
+    validate_response_untrusted,
+)
+
+DATA = Path(__file__).parent.parent / "data"
+SEEDS = [p.read_bytes() for d in ("rfc4475", "rfc5118") for p in sorted((DATA / d).glob("*.dat"))]
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~", min_size=1,
+                max_size=12)  # fmt: skip
+LABEL = st.from_regex(r"[a-z][a-z0-9-]{0,8}[a-z0-9]", fullmatch=True)
+HOST = st.one_of(
+    st.lists(LABEL, min_size=1, max_size=3).map(".".join),
+    st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t))),
+    st.sampled_from(["::1", "2001:db8::10", "::ffff:192.0.2.1", "fe80::1:2:3"]),
+)
+USER = st.from_regex(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-F]{2}){1,12}", fullmatch=True)
+PNAME = st.from_regex(r"[a-z][a-z0-9\-]{0,8}", fullmatch=True)
+PVALUE = st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9\-_.!~*'()]{1,10}", fullmatch=True))
+PARAMS = st.dictionaries(PNAME, PVALUE, max_size=4)
+
+
+@st.composite
+def uris(draw: st.DrawFn) -> URI:
+    return URI(
+        draw(st.sampled_from(["sip", "sips"])),
+        user=draw(st.one_of(st.none(), USER)),
+        host=draw(HOST),
+        port=draw(st.one_of(st.none(), st.integers(1, 65535))),
+        params=draw(PARAMS),
+    )
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Request:
+    method = draw(st.sampled_from(["INVITE", "OPTIONS", "REGISTER", "BYE", "MESSAGE", "X-NEW.m"]))
+    vias = draw(st.lists(st.builds(Via, st.sampled_from(["UDP", "TCP", "TLS"]), HOST,
+                                   st.one_of(st.none(), st.integers(1, 65535)),
+                                   PARAMS.map(lambda p: {"branch": "z9hG4bK" + "x" * 5, **p})),
+                         min_size=1, max_size=3))  # fmt: skip
+    headers = [("Via", ", ".join(map(str, vias)) if draw(st.booleans()) else str(vias[0]))]
+    headers += [("Via", str(v)) for v in vias[1:]] if len(headers[0][1].split(", SIP")) == 1 else []
+    headers += [
+        ("From", str(NameAddr(draw(st.one_of(st.none(), st.from_regex(r"[A-Za-z ]{0,10}", fullmatch=True))),
+                              draw(uris()), {"tag": draw(TOKEN)}))),
+        ("t", str(NameAddr(None, draw(uris()), {}))),
+        ("Call-ID", draw(TOKEN) + "@" + draw(HOST)),
+        ("CSeq", f"{draw(st.integers(0, 2**31 - 1))} {method}"),
+        ("Max-Forwards", str(draw(st.integers(0, 255)))),
+    ]  # fmt: skip
+    extra = draw(st.lists(st.tuples(st.from_regex(r"X-[A-Za-z0-9-]{1,10}", fullmatch=True),
+                                    st.from_regex(r"[ -~]{0,30}", fullmatch=True).map(str.strip)), max_size=4))  # fmt: skip
+    body = draw(st.binary(max_size=64))
+    return Request.build(method, draw(uris()), headers + extra, body)
+
+
+def _touch(msg: Message) -> None:
+    # Every reader a proxy uses: each raises SIPError or returns.
+    readers = [
+        lambda: msg.vias, lambda: msg.top_via, lambda: msg.call_id, lambda: msg.cseq, lambda: msg.from_,
+        lambda: msg.to, lambda: msg.max_forwards, lambda: msg.content_length, lambda: msg.contacts,
+        lambda: msg.routes, lambda: msg.record_routes, lambda: msg.paths, lambda: msg.expires,
+        lambda: [msg.get_all(h) for h in ("via", "contact", "accept", "x")],
+        lambda: (validate_request_untrusted(msg) if isinstance(msg, Request)
+                 else validate_response_untrusted(msg) if isinstance(msg, Response) else None),
+    ]  # fmt: skip
+    if isinstance(msg, Request):
+        readers.append(lambda: msg.uri)
+    for read in readers:
+        try:
+            read()
+        except SIPError:
+            pass
+    copy = msg.copy()
+    copy.insert_top("Via", "SIP/2.0/UDP p.example.com;branch=z9hG4bKprop")
+    try:
+        parse_message_untrusted(copy.to_bytes())
+    except SIPError as exc:
+        # A message that parsed once is rebuilt into one that parses again, unless it grew past a bound.
+        assert exc.status in (400, 413, 414)
+    assert msg.to_bytes()
+
+
+@SETTINGS
+@given(requests())
+def test_generated_requests_round_trip(req: Request) -> None:
+    raw = req.to_bytes()
+    first = parse_message_untrusted(raw)
+    assert first == req
+    assert first.to_bytes() == raw
+    validate_request_untrusted(first)  # type: ignore[arg-type]
+    assert [str(v) for v in first.vias] == [str(v) for v in req.vias]
+    second = parse_message_untrusted(first.to_bytes())
+    assert second == first
+
+
+@SETTINGS
+@given(uris())
+def test_generated_uris_round_trip(uri: URI) -> None:
+    again = parse_uri_untrusted(str(uri))
+    assert again == uri and again.equivalent(uri)
+
+
+@SETTINGS
+@given(st.binary(max_size=2048))
+def test_arbitrary_bytes_raise_only_sip_error(data: bytes) -> None:
+    try:
+        msg = parse_message_untrusted(data)
+    except SIPError:
+        return
+    _touch(msg)
+
+
+@SETTINGS
+@given(st.text(max_size=200))
+def test_arbitrary_values_raise_only_sip_error(text: str) -> None:
+    for parse in (parse_uri_untrusted, Via.parse_untrusted, NameAddr.parse_untrusted):
+        try:
+            parse(text)  # type: ignore[operator]
+        except SIPError:
+            pass
+
+
+MUTATION = st.tuples(
+    st.sampled_from(["flip", "insert", "delete", "dup"]),
+    st.floats(0, 1),
+    st.sampled_from([b"\r\n", b"\r\n ", b":", b";", b",", b'"', b"<", b">", b"\\", b"\x00", b"%", b"@", b"[",
+                     b"]", b" ", b"\n", b"\r", b"=", b"\xff", b"SIP/2.0", b"Content-Length: 99999\r\n"]),
+)  # fmt: skip
+
+
+@SETTINGS
+@given(st.sampled_from(SEEDS), st.lists(MUTATION, min_size=1, max_size=6))
+def test_mutated_messages_raise_only_sip_error(seed: bytes, mutations: list[tuple[str, float, bytes]]) -> None:
+    data = bytearray(seed)
+    for kind, where, piece in mutations:
+        i = int(where * len(data))
+        if kind == "flip" and data:
+            data[min(i, len(data) - 1)] ^= 0x20
+        elif kind == "insert":
+            data[i:i] = piece
+        elif kind == "delete":
+            del data[i : i + len(piece)]
+        else:
+            data[i:i] = data[i : i + 40]
+    try:
+        msg = parse_message_untrusted(bytes(data))
+    except SIPError:
+        return
+    _touch(msg)
+
+
+@SETTINGS
+@given(st.lists(requests(), min_size=1, max_size=4), st.lists(st.integers(1, 300), min_size=1, max_size=20),
+       st.booleans())  # fmt: skip
+def test_framer_reassembles_any_chunking(reqs: list[Request], cuts: list[int], ping: bool) -> None:
+    stream = b"".join((b"\r\n\r\n" if ping else b"") + r.to_bytes() for r in reqs)
+    framer = StreamFramer()
+    out: list[bytes | Keepalive] = []
+    pos = 0
+    i = 0
+    while pos < len(stream):
+        size = cuts[i % len(cuts)]
+        out += framer.feed(stream[pos : pos + size])
+        pos += size
+        i += 1
+    messages = [item for item in out if isinstance(item, bytes)]
+    assert messages == [r.to_bytes() for r in reqs]
+    assert out.count(Keepalive.PING) == (len(reqs) if ping else 0)
+    assert framer.buffered == 0
+
+
+@SETTINGS
+@given(st.binary(max_size=1024), st.integers(1, 64))
+def test_framer_raises_only_sip_error(data: bytes, chunk: int) -> None:
+    framer = StreamFramer(max_message_size=4096)
+    try:
+        for pos in range(0, len(data), chunk):
+            for item in framer.feed(data[pos : pos + chunk]):
+                if isinstance(item, bytes):
+                    try:
+                        parse_message_untrusted(item)
+                    except SIPError:
+                        pass
+    except SIPError:
+        pass
