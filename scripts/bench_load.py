@@ -8,7 +8,9 @@ failed (SIPp's own counters), the call rate reached, the proxy's CPU seconds (ut
 /proc/PID/stat) per 1000 calls, and its resident memory before the load, right after it, and after
 ``--rest`` seconds of rest.
 
-Usage: scripts/bench_load.py [--rate 50] [--seconds 10] [--transport udp|tcp] [--log-level info] [--json]
+Usage: scripts/bench_load.py [--rate 50] [--seconds 10] [--rounds 1] [--transport udp|tcp] [--log-level info]
+[--json]. With ``--rounds N`` the loads run one after another on the same proxy: an RSS that comes back to
+the same level after each rest is heap kept for reuse, one that keeps growing is a leak.
 Every process is started here and stopped by its PID (SIGTERM, then SIGKILL) at the end.
 """
 
@@ -124,32 +126,88 @@ def sipp_counters(stat_file: Path) -> dict[str, str]:
     return dict(zip(rows[0], rows[-1], strict=False))
 
 
-def run(args: argparse.Namespace, workdir: Path) -> Result:
-    proxy_port, uas_port, uac_port = free_port(), free_port(), free_port()
+def start_proxy(args: argparse.Namespace, workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    proxy_out = workdir / "proxy.out"
+    cmd = [sys.executable, "-m", "trioproxy", "run", "--listen", f"udp:{HOST}:{port}"]
+    cmd += ["--listen", f"tcp:{HOST}:{port}", "--log-level", args.log_level]
+    with open(proxy_out, "wb") as out, open(workdir / "proxy.err", "wb") as err:
+        return subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+
+
+def load_round(
+    args: argparse.Namespace,
+    workdir: Path,
+    n: int,
+    proxy: subprocess.Popen[bytes],
+    proxy_port: int,
+    uas_port: int,
+) -> Result:
+    """One load: a SIPp UAC at ``--rate`` for ``--seconds``, then ``--rest`` seconds of rest."""
     tflag = "u1" if args.transport == "udp" else "t1"
+    rss_before = rss_kib(proxy.pid)
+    cpu_before = cpu_seconds(proxy.pid)
+    stat_file = workdir / f"uac{n}.csv"
+    cmd = ["sipp", "-sn", "uac", f"{HOST}:{uas_port}", "-rsa", f"{HOST}:{proxy_port}", "-i", HOST]
+    cmd += ["-p", str(free_port()), "-t", tflag, "-r", str(args.rate), "-m", str(args.rate * args.seconds)]
+    cmd += ["-l", str(args.limit), "-d", "0", "-nostdin", "-trace_stat", "-stf", str(stat_file), "-fd", "1"]
+    cmd += ["-timeout", str(args.seconds + 60)]
+    started = time.monotonic()
+    with open(workdir / f"uac{n}.out", "wb") as out:
+        uac = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+        )
+    try:
+        sipp_exit: int | None = uac.wait(timeout=args.seconds + 90)
+    except subprocess.TimeoutExpired:
+        sipp_exit = None
+    finally:
+        stop(uac)
+    elapsed = time.monotonic() - started
+    cpu_used = cpu_seconds(proxy.pid) - cpu_before
+    rss_after = rss_kib(proxy.pid)
+    time.sleep(args.rest)
+    rss_rest = rss_kib(proxy.pid)
+    counters = sipp_counters(stat_file)
+    attempted = int(counters.get("TotalCallCreated", 0) or 0)
+    causes = {
+        name[len("Failed") : -3]: int(value)
+        for name, value in counters.items()
+        if name.startswith("Failed")
+        and name.endswith("(C)")
+        and name != "FailedCall(C)"
+        and value not in ("", "0")
+    }
+    return Result(
+        rate=args.rate,
+        seconds=args.seconds,
+        transport=args.transport,
+        log_level=args.log_level,
+        attempted=attempted,
+        succeeded=int(counters.get("SuccessfulCall(C)", 0) or 0),
+        failed=int(counters.get("FailedCall(C)", 0) or 0),
+        sipp_exit=sipp_exit,
+        elapsed=round(elapsed, 2),
+        achieved_rate=round(attempted / elapsed, 1) if elapsed > 0 else 0.0,
+        proxy_cpu_s=round(cpu_used, 2),
+        cpu_s_per_1000_calls=round(cpu_used * 1000 / attempted, 3) if attempted else 0.0,
+        rss_before_kib=rss_before,
+        rss_after_load_kib=rss_after,
+        rss_after_rest_kib=rss_rest,
+        sipp_retransmissions=int(counters.get("Retransmissions(C)", 0) or 0),
+        failure_causes=causes,
+    )
+
+
+def run(args: argparse.Namespace, workdir: Path) -> list[Result]:
+    """Start the proxy and the UAS, run ``--rounds`` loads against the same proxy, stop everything."""
+    proxy_port, uas_port = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        proxy_out = workdir / "proxy.out"
-        with open(proxy_out, "wb") as out, open(workdir / "proxy.err", "wb") as err:
-            proxy = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "trioproxy",
-                    "run",
-                    "--listen",
-                    f"udp:{HOST}:{proxy_port}",
-                    "--listen",
-                    f"tcp:{HOST}:{proxy_port}",
-                    "--log-level",
-                    args.log_level,
-                ],
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-            )
+        proxy = start_proxy(args, workdir, proxy_port)
         procs.append(proxy)
+        proxy_out = workdir / "proxy.out"
         wait_for(lambda: proxy_out.read_text().count("listening on") >= 2, 20, "the proxy start")
+        tflag = "u1" if args.transport == "udp" else "t1"
         with open(workdir / "uas.out", "wb") as out:
             uas = subprocess.Popen(
                 ["sipp", "-sn", "uas", "-i", HOST, "-p", str(uas_port), "-t", tflag, "-nostdin"],
@@ -160,91 +218,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Result:
             )
         procs.append(uas)
         wait_for(lambda: port_bound(uas_port, args.transport), 20, "the SIPp UAS start")
-        time.sleep(1.0)  # let the proxy settle (imports done, heap warm) before the first reading
-        rss_before = rss_kib(proxy.pid)
-        cpu_before = cpu_seconds(proxy.pid)
-        calls = args.rate * args.seconds
-        stat_file = workdir / "uac.csv"
-        started = time.monotonic()
-        with open(workdir / "uac.out", "wb") as out:
-            uac = subprocess.Popen(
-                [
-                    "sipp",
-                    "-sn",
-                    "uac",
-                    f"{HOST}:{uas_port}",
-                    "-rsa",
-                    f"{HOST}:{proxy_port}",
-                    "-i",
-                    HOST,
-                    "-p",
-                    str(uac_port),
-                    "-t",
-                    tflag,
-                    "-r",
-                    str(args.rate),
-                    "-m",
-                    str(calls),
-                    "-l",
-                    str(args.limit),
-                    "-d",
-                    "0",
-                    "-nostdin",
-                    "-trace_stat",
-                    "-stf",
-                    str(stat_file),
-                    "-fd",
-                    "1",
-                    "-timeout",
-                    str(args.seconds + 60),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=workdir,
-            )
-        procs.append(uac)
-        try:
-            sipp_exit: int | None = uac.wait(timeout=args.seconds + 90)
-        except subprocess.TimeoutExpired:
-            stop(uac)
-            sipp_exit = None
-        elapsed = time.monotonic() - started
-        cpu_used = cpu_seconds(proxy.pid) - cpu_before
-        rss_after = rss_kib(proxy.pid)
-        time.sleep(args.rest)
-        rss_rest = rss_kib(proxy.pid)
-        counters = sipp_counters(stat_file)
-        attempted = int(counters.get("TotalCallCreated", 0) or 0)
-        succeeded = int(counters.get("SuccessfulCall(C)", 0) or 0)
-        failed = int(counters.get("FailedCall(C)", 0) or 0)
-        causes = {
-            name[len("Failed") : -3]: int(value)
-            for name, value in counters.items()
-            if name.startswith("Failed")
-            and name.endswith("(C)")
-            and name != "FailedCall(C)"
-            and value not in ("", "0")
-        }
-        return Result(
-            rate=args.rate,
-            seconds=args.seconds,
-            transport=args.transport,
-            log_level=args.log_level,
-            attempted=attempted,
-            succeeded=succeeded,
-            failed=failed,
-            sipp_exit=sipp_exit,
-            elapsed=round(elapsed, 2),
-            achieved_rate=round(attempted / elapsed, 1) if elapsed > 0 else 0.0,
-            proxy_cpu_s=round(cpu_used, 2),
-            cpu_s_per_1000_calls=round(cpu_used * 1000 / attempted, 3) if attempted else 0.0,
-            rss_before_kib=rss_before,
-            rss_after_load_kib=rss_after,
-            rss_after_rest_kib=rss_rest,
-            sipp_retransmissions=int(counters.get("Retransmissions(C)", 0) or 0),
-            failure_causes=causes,
-        )
+        time.sleep(1.0)  # let the proxy settle (imports done) before the first reading
+        return [load_round(args, workdir, n, proxy, proxy_port, uas_port) for n in range(args.rounds)]
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -258,22 +233,25 @@ def main() -> int:
     p.add_argument("--transport", choices=["udp", "tcp"], default="udp")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--rest", type=float, default=10.0, help="seconds of rest before the last RSS reading")
+    p.add_argument("--rounds", type=int, default=1, help="loads run one after another on the same proxy")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, SIPp statistics)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="trioproxy-bench-"))
     try:
-        result = run(args, workdir)
+        results = run(args, workdir)
     finally:
         if not args.keep:
             for child in workdir.iterdir():
                 child.unlink()
             workdir.rmdir()
-    if args.json:
-        print(json.dumps(asdict(result)))
-    else:
+    for n, result in enumerate(results):
+        if args.json:
+            print(json.dumps({"round": n, **asdict(result)}))
+            continue
         print(
-            f"rate {result.rate}/s for {result.seconds} s over {result.transport} (log level {result.log_level})"
+            f"round {n}: rate {result.rate}/s for {result.seconds} s over {result.transport} "
+            f"(log level {result.log_level})"
         )
         print(f"  calls attempted {result.attempted}, succeeded {result.succeeded}, failed {result.failed}")
         print(
@@ -287,9 +265,10 @@ def main() -> int:
             f"  proxy RSS before {result.rss_before_kib} KiB, after load {result.rss_after_load_kib} KiB, "
             f"after {args.rest:.0f} s rest {result.rss_after_rest_kib} KiB"
         )
-        if args.keep:
-            print(f"  work directory: {workdir}")
-    return 0 if result.failed == 0 and result.sipp_exit == 0 else 1
+    if args.keep:
+        print(f"work directory: {workdir}")
+    ok = all(r.failed == 0 and r.sipp_exit == 0 for r in results)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

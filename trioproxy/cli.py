@@ -12,6 +12,7 @@ import trio
 
 from trioproxy import __version__
 from trioproxy.config import ConfigError, dump_config, load_config, parse_listen
+from trioproxy.routing import ScriptError
 
 __all__ = ["main"]
 
@@ -50,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         help="DNS server to use instead of /etc/resolv.conf (repeatable)",
     )
     run.add_argument(
+        "--script",
+        metavar="FILE",
+        help='route script (Lua); "default" for the embedded one, "none" for no script',
+    )
+    run.add_argument(
         "--location",
         metavar="URL",
         help="location service: memory:, sqlite:///PATH/location.db or redis://HOST:PORT/DB",
@@ -62,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--check", metavar="FILE", help="validate FILE and exit (status 2 on an error)")
     group.add_argument("--dump", action="store_true", help="print the effective configuration with defaults")
     cfg.add_argument("-c", "--config", metavar="FILE", help="with --dump: the file to read (default: embedded)")
+
+    check = sub.add_parser("check", help="check a route script as a reload would (exit status 2 on an error)")
+    check.add_argument("script", metavar="SCRIPT", help="the Lua route script")
 
     parse = sub.add_parser("parse", help="parse a SIP message (a file, or a sample) and print what was read")
     parse.add_argument("file", nargs="?", help="file holding one SIP message (default: a sample INVITE)")
@@ -79,6 +88,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         out["proxy"] = proxy
     if args.log_level:
         out["log"] = {"level": args.log_level}
+    if args.script:
+        out["routing"] = {"script": args.script}
     if args.location:
         out["location"] = {"url": args.location}
     if args.nameserver:
@@ -123,6 +134,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         trio.run(lambda: serve(config, announce=announce))
+    except ScriptError as exc:
+        print(f"trioproxy: route script refused: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"trioproxy: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -140,6 +154,20 @@ def _cmd_config(args: argparse.Namespace) -> int:
     else:
         print(dump_config(config), end="")
     return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from trioproxy.routing import check_script
+
+    result = check_script(args.script)
+    for line in result.errors:
+        print(f"error: {line}")
+    for line in result.warnings:
+        print(f"warning: {line}")
+    if result.ok:
+        print(f"{args.script}: ok (sha256 {result.sha256[:12]})")
+        return 0
+    return 2
 
 
 def _cmd_parse(args: argparse.Namespace) -> int:
@@ -171,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_run(args)
     if args.command == "config":
         return _cmd_config(args)
+    if args.command == "check":
+        return _cmd_check(args)
     return _cmd_parse(args)
 
 

@@ -127,6 +127,16 @@ class DnsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutingSection:
+    # "default": the embedded default script (registrar, location, relay, failure route);
+    # "none": no script (built-in registrar and forwarding, see proxy.fork / proxy.next_hop); else a path.
+    script: str = "default"
+    instruction_budget: int = 1_000_000  # Lua instructions per route call
+    memory_limit_mb: int = 64  # memory of one script's Lua runtime
+    watch: bool = True  # reload when the script file changes (also on SIGHUP and `trioproxy ctl reload`)
+
+
+@dataclass(frozen=True, slots=True)
 class LocationSection:
     url: str = "memory:"  # memory: | sqlite:///path/location.db | redis://host:port/db
     purge_interval: float = 60.0  # seconds between background purges of expired bindings
@@ -155,6 +165,7 @@ class Config:
     proxy: ProxySection = field(default_factory=ProxySection)
     timers: TimersSection = field(default_factory=TimersSection)
     dns: DnsSection = field(default_factory=DnsSection)
+    routing: RoutingSection = field(default_factory=RoutingSection)
     location: LocationSection = field(default_factory=LocationSection)
     registrar: RegistrarSection = field(default_factory=RegistrarSection)
     log: LogSection = field(default_factory=LogSection)
@@ -255,6 +266,17 @@ def _check(config: Config, text: str | None, source: str | None) -> None:
     for name in ("timeout", "lifetime"):
         if getattr(config.dns, name) <= 0:
             raise ConfigError(f"dns.{name}", "must be positive", _line_of(text, f"dns.{name}"), source)
+    script = config.routing.script
+    if script not in ("default", "none"):
+        if not Path(script).is_file():
+            raise ConfigError("routing.script", f"cannot read script file {script!r}", _line_of(text, "routing.script"), source)
+    if (config.proxy.fork or config.proxy.next_hop) and script != "none":
+        key = "proxy.fork" if config.proxy.fork else "proxy.next_hop"
+        raise ConfigError(key, 'only used without a script: set routing.script = "none"', _line_of(text, key), source)
+    if config.routing.instruction_budget < 1000:
+        raise ConfigError("routing.instruction_budget", "must be at least 1000", _line_of(text, "routing.instruction_budget"), source)
+    if config.routing.memory_limit_mb < 1:
+        raise ConfigError("routing.memory_limit_mb", "must be at least 1", _line_of(text, "routing.memory_limit_mb"), source)
     url = config.location.url
     if not (url == "memory:" or url.startswith(("sqlite:", "redis://", "rediss://"))):
         raise ConfigError("location.url", f"expected memory:, sqlite:///PATH or redis://HOST:PORT/DB, got {url!r}", _line_of(text, "location.url"), source)

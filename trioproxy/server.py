@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
+import watchfiles
 
 from trioproxy.config import Config, parse_hostport
 from trioproxy.locate import Blocklist, Locator, ResolverConfig
 from trioproxy.location import LocationStore, Registrar, RegistrarPolicy, open_store, run_purger
 from trioproxy.proxy import LocationRouter, Proxy, Router, StaticRouter, Target
+from trioproxy.routing import ReloadResult, ScriptError, ScriptHolder
+from trioproxy.routing.router import LuaRouter
 from trioproxy.sip import parse_uri_untrusted
 from trioproxy.transaction import Timers
 from trioproxy.transport import Listen, TransportConfig, Transports
@@ -19,6 +24,7 @@ from trioproxy.transport import Listen, TransportConfig, Transports
 __all__ = ["build_router", "serve"]
 
 log = logging.getLogger("trioproxy")
+logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def build_registrar(config: Config, store: LocationStore) -> Registrar:
@@ -61,6 +67,53 @@ def build_locator(config: Config) -> Locator:
     return Locator(resolver_config, blocklist=blocklist)
 
 
+DEFAULT_SCRIPT = Path(__file__).parent / "data" / "default.lua"
+
+
+def script_path(config: Config) -> Path | None:
+    """The route script the configuration names (None: no script)."""
+    script = config.routing.script
+    if script == "none":
+        return None
+    return DEFAULT_SCRIPT if script == "default" else Path(script).absolute()
+
+
+def build_holder(config: Config) -> ScriptHolder:
+    """Load the route script once; raises ``ScriptError`` (file, line, cause) when it does not pass."""
+    path = script_path(config)
+    assert path is not None
+    holder = ScriptHolder(
+        instruction_budget=config.routing.instruction_budget,
+        memory_limit=config.routing.memory_limit_mb * 1024 * 1024,
+    )
+    result = holder.reload(path)
+    if not result.ok:
+        raise ScriptError(str(path), result.line or 0, result.error or "; ".join(result.errors))
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    return holder
+
+
+def _touches(changes: set[tuple[watchfiles.Change, str]], target: str) -> bool:
+    return any(os.path.abspath(p) == target for _change, p in changes)
+
+
+async def watch_script(holder: ScriptHolder, target: str) -> None:
+    """Reload the script when its file (an absolute path) changes; editors that replace the file count."""
+    async for changes in watchfiles.awatch(os.path.dirname(target), debounce=300, step=100):
+        if _touches(changes, target):
+            reload_script(holder, "file change")
+
+
+def reload_script(holder: ScriptHolder, why: str) -> ReloadResult:
+    result = holder.reload()
+    if result.ok:
+        log.info("script reloaded (%s): %s sha256=%s", why, result.path, result.sha256[:12])
+    else:
+        log.error("script reload refused (%s), keeping the old one: %s", why, "; ".join(result.errors))
+    return result
+
+
 async def serve(
     config: Config,
     *,
@@ -78,21 +131,31 @@ async def serve(
     locator = build_locator(config)
     store = open_store(config.location.url)
     registrar = build_registrar(config, store)
+    path = script_path(config)
+    holder = build_holder(config) if path is not None and router is None else None
+    if router is None:
+        router = LuaRouter(holder, registrar, locator) if holder is not None else build_router(config, registrar)
     proxy = Proxy(
         transports,
-        router or build_router(config, registrar),
+        router,
         timers=timers,
         domains=config.proxy.domains,
         locate=locator.locate,
         blocklist=locator.blocklist,
     )
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(transports.serve)
             await nursery.start(proxy.run)
             nursery.start_soon(run_purger, store, config.location.purge_interval)
+            if holder is not None and path is not None and config.routing.watch:
+                nursery.start_soon(watch_script, holder, str(path))
             for address in transports.listen_addresses():
                 announce(f"trioproxy listening on {address.transport}:{_hostport(address.host, address.port)}")
+            if holder is not None:
+                announce(f"trioproxy route script {path} sha256={(holder.sha256 or '')[:12]}")
+            else:
+                announce("trioproxy route script: none (built-in registrar and forwarding)")
             task_status.started(proxy)
 
             async def drain_then_stop() -> None:
@@ -102,6 +165,10 @@ async def serve(
 
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    if holder is not None:
+                        reload_script(holder, "SIGHUP")
+                    continue
                 if proxy.draining:
                     log.info("received %s again, exiting now", name)
                     nursery.cancel_scope.cancel()

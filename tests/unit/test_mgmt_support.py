@@ -12,6 +12,7 @@ from typing import Any
 
 import h11
 import trio
+import trio.lowlevel
 
 from trioproxy.logsetup import TraceFilter
 from trioproxy.mgmt import JSONDict, MetricFamily, MgmtServer, Sample
@@ -55,7 +56,7 @@ class FakeApp:
         ]
 
     async def reload(self) -> JSONDict:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         self.reloads += 1
         if self.reload_error:
             line, error = self.reload_error
@@ -63,7 +64,7 @@ class FakeApp:
         return {"ok": True, "file": SCRIPT["path"], "line": None, "error": None}
 
     async def registrations(self, aor: str | None, offset: int, limit: int) -> JSONDict:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         self.page_calls.append((aor, offset, limit))
         if aor is not None:
             return {"aor": aor, "bindings": [{"contact": c} for c in self.bindings.get(aor, [])]}
@@ -71,7 +72,7 @@ class FakeApp:
         return {"total": len(self.bindings), "offset": offset, "aors": {a: self.bindings[a] for a in aors}}
 
     async def unregister(self, aor: str, contact: str | None) -> JSONDict:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         current = self.bindings.get(aor, [])
         keep = [c for c in current if contact is not None and c != contact]
         removed = len(current) - len(keep)

@@ -133,11 +133,16 @@ async def test_default_in_dialog() -> None:
     await route(script, bye, services)
     assert services.names() == ["relay"]
     assert services.relays[0].headers["Route"] == []
+    # No route set but a foreign Request-URI (a UA that ignored Record-Route): relayed to the peer.
+    foreign = FakeServices()
+    await route(script, make_state("BYE", "sip:bob@192.0.2.40", to_tag="b1"), foreign)
+    assert foreign.names() == ["relay"]
+    # No route set and a Request-URI of ours: nothing to route it by.
     stray = FakeServices()
-    await route(script, make_state("BYE", "sip:bob@192.0.2.40", to_tag="b1"), stray)
+    await route(script, make_state("BYE", "sip:bob@203.0.113.1", to_tag="b1"), stray)
     assert stray.replies[0][0] == 404
     ack = FakeServices(check_trans_rc=-1)
-    state = await route(script, make_state("ACK", "sip:bob@192.0.2.40", to_tag="b1"), ack)
+    state = await route(script, make_state("ACK", "sip:bob@203.0.113.1", to_tag="b1"), ack)
     assert ack.names() == ["check_trans"] and state.exited
 
 

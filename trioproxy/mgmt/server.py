@@ -67,6 +67,10 @@ class MgmtServer:
         self.requests = 0
         self.refused = 0
 
+    def statistics(self) -> dict[str, int]:
+        """Open connections, requests received, connections refused beyond ``max_connections``."""
+        return {"connections": self.connections, "requests": self.requests, "refused": self.refused}
+
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; reports the bound port through ``task_status.started``."""
         listeners = await trio.open_tcp_listeners(self.port, host=self.host)
@@ -131,10 +135,11 @@ class MgmtServer:
             event = await self._next_event(stream, conn)
             if isinstance(event, h11.ConnectionClosed):
                 return None
-            assert isinstance(event, h11.Request)
+            if not isinstance(event, h11.Request):
+                raise _Abort
             self.requests += 1
-            # A request line's method and target are ASCII (h11 has checked their characters).
-            method, target = event.method.decode("ascii"), event.target.decode("ascii")
+            # A request line's method and target are visible ASCII (h11 has checked their characters).
+            method, target = event.method.decode("ascii", "replace"), event.target.decode("ascii", "replace")
             headers = dict(event.headers)
             # h11 bounds a head still arriving (max_incomplete_event_size); one that came whole in a single
             # read is measured here.

@@ -94,6 +94,11 @@ class RequestContext:
     inbound: Address  # our listener the request came in on
     record_route: bool = False
     record_route_params: str = ""
+    route_params: str | None = None  # parameters of our own Route removed by 16.4 pre-processing
+    decrement_max_forwards: bool = True
+    dropped: bool = False  # the router decided to drop the request: no answer at all
+    stage_timeout: bool = False  # a branch of the last stage got no final answer in time
+    stage_replied: bool = False  # a branch of the last stage got a final answer from downstream
     in_dialog: bool = False
     stateless: bool = False
     user_state: Any = None  # free for the router (for example the next serial stage)
@@ -229,6 +234,7 @@ class RequestContext:
     async def _run_stage(self, targets: Sequence[Target]) -> None:
         self.stages_run += 1
         self.stage_branches = []
+        self.stage_timeout = self.stage_replied = False
         async with trio.open_nursery() as nursery:
             for target in targets:
                 if not self.rc.may_branch or self.canceled:
@@ -249,6 +255,8 @@ class RequestContext:
         try:
             with scope:
                 timer_c_fired = await self._branch_body(branch)
+            if timer_c_fired:
+                self.stage_timeout = True
             if (scope.cancelled_caught or timer_c_fired) and branch.final is None and branch.txn is not None:
                 # Cleanup I/O is shielded and bounded (RFC 3261 9.1: CANCEL after a provisional, absorb the 487).
                 with trio.CancelScope(shield=True):
@@ -265,10 +273,14 @@ class RequestContext:
     async def _branch_body(self, branch: Branch) -> bool:
         """Send the branch and wait for its final response. True when Timer C fired after a provisional."""
         proxy = self.proxy
+        target = branch.target
+        base_req, hop = prepare_branch(
+            self.request, target.uri.copy(), path=target.path, max_forwards=self.decrement_max_forwards
+        )
+        branch.request = base_req
         if not await proxy.router.on_branch(self, branch):
             return False
-        target = branch.target
-        base_req, hop = prepare_branch(self.request, target.uri.copy(), path=target.path)
+        base_req = branch.request
         if target.dst is not None:
             hop = target.dst
         if target.received is not None:
@@ -304,6 +316,10 @@ class RequestContext:
                 proxy.block(dest, response.status)
                 if i + 1 < len(dests):
                     continue
+            if is_local and response.status == 408:
+                self.stage_timeout = True
+            elif not is_local:
+                self.stage_replied = True
             await self.on_response(branch, response, local=is_local)
             return False
         return False

@@ -199,7 +199,18 @@ class Proxy:
             self._timer_wakeup.set()
 
     async def _dispatch_loop(self) -> None:
-        async for msg in self.transports.incoming:
+        incoming = self.transports.incoming
+        while True:
+            # Drain what is queued without a scheduler round trip per message; park only when empty.
+            try:
+                msg = incoming.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    msg = await incoming.receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
             if not isinstance(msg, (Request, Response)):
                 await self._malformed(msg)
                 continue
@@ -350,8 +361,9 @@ class Proxy:
                 return
             self.last_accepted = trio.current_time()
             work = request.copy()
-            preprocess_routes(work, self.is_myself)
+            popped = preprocess_routes(work, self.is_myself)
             ctx = RequestContext(self, work, request, txn, lh, inbound)
+            ctx.route_params = popped
             ctx.in_dialog = request.to.tag is not None
             ctx.to_tag = make_branch_id(lh)[7:17]
             txn.user = ctx
@@ -367,6 +379,8 @@ class Proxy:
                 return
             if ctx.rc.final_sent:
                 return
+            if ctx.dropped:
+                return  # no answer; the table's timers end the server transaction
             if ctx.pending_stage is None and not ctx.canceled:
                 # The route neither answered nor relayed: Kamailio drops such a request silently; an INVITE
                 # would then ring forever upstream, so answer 500.
@@ -413,8 +427,9 @@ class Proxy:
             if check_request(request, own_sent_by=self._own) is not None:
                 return
             work = request.copy()
-            preprocess_routes(work, self.is_myself)
+            popped = preprocess_routes(work, self.is_myself)
             ctx = RequestContext(self, work, request, None, loop_hash(request), self._inbound_address(request))
+            ctx.route_params = popped
             ctx.stateless = True
             ctx.in_dialog = request.to.tag is not None
             await self.router.on_request(ctx)
@@ -426,7 +441,9 @@ class Proxy:
 
     async def forward_stateless(self, ctx: RequestContext, target: Target) -> bool:
         """Forward without a transaction (an ACK for a 2xx, a CANCEL matching nothing; 16.10, 16.11)."""
-        req, hop = prepare_branch(ctx.request, target.uri.copy(), path=target.path)
+        req, hop = prepare_branch(
+            ctx.request, target.uri.copy(), path=target.path, max_forwards=ctx.decrement_max_forwards
+        )
         if target.dst is not None:
             hop = target.dst
         dests = [target.received] if target.received is not None else await self.locate(hop)

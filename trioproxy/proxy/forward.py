@@ -51,11 +51,12 @@ def record_route_values(inbound: Address, outbound: Address, params: str = "") -
     return [f"<{own_uri(outbound, extra=';r2=on' + params)}>", f"<{own_uri(inbound, extra=';r2=on' + params)}>"]
 
 
-def preprocess_routes(request: Request, is_mine: IsMine) -> bool:
-    """RFC 3261 16.4 on the request in place. Returns True when a Route of ours was removed.
+def preprocess_routes(request: Request, is_mine: IsMine) -> str | None:
+    """RFC 3261 16.4 on the request in place.
 
     A strict router upstream puts our Record-Route URI in the Request-URI and the real target in the last
-    Route: restore it. A top Route naming us is removed (twice for a double Record-Route).
+    Route: restore it. A top Route naming us is removed (twice for a double Record-Route). Returns the URI
+    parameters of the Route of ours that was removed (``";lr;..."``, for ``check_route_param``), or None.
     """
     uri = request.uri
     if uri.user is None and "lr" in uri.params and is_mine(uri):
@@ -67,15 +68,16 @@ def preprocess_routes(request: Request, is_mine: IsMine) -> bool:
             request.remove("Route")
             for v in values:
                 request.append("Route", v)
-    popped = False
+    popped: str | None = None
     while True:
         top = request.get("Route")
         if top is None:
             break
-        if not is_mine(NameAddr.parse_untrusted(top).uri):
+        route_uri = NameAddr.parse_untrusted(top).uri
+        if not is_mine(route_uri):
             break
         request.pop_first("Route")
-        popped = True
+        popped = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in route_uri.params.items()) or ";lr"
     return popped
 
 
@@ -85,6 +87,7 @@ def prepare_branch(
     *,
     path: Sequence[str] = (),
     record_route: Sequence[str] = (),
+    max_forwards: bool = True,
 ) -> tuple[Request, URI]:
     """Copy ``base`` for one branch (16.6 steps 1-6) and return it with the URI of the next hop.
 
@@ -92,7 +95,8 @@ def prepare_branch(
     """
     req = base.copy()
     req.uri = target_uri  # step 2
-    decrement_max_forwards(req)  # step 3
+    if max_forwards:
+        decrement_max_forwards(req)  # step 3 (not when a script's process_maxfwd did it already)
     for value in reversed(record_route):  # step 4
         req.insert_top("Record-Route", value)
     for value in reversed(path):  # RFC 3327: the Path of a registration becomes the route set

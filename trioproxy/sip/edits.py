@@ -18,9 +18,21 @@ MAGIC_COOKIE = "z9hG4bK"
 _RESPONSE_COPY = frozenset({"via", "from", "to", "call-id", "cseq"})
 
 
+# Random hex from the OS CSPRNG, drawn in blocks (one system call per 200 branches): branches must not be
+# guessable, or a stranger who saw one could forge responses for the next transactions.
+_pool = ""
+_pos = 0
+
+
 def new_branch() -> str:
     """A fresh Via branch: the RFC 3261 magic cookie and 20 random hex digits."""
-    return MAGIC_COOKIE + os.urandom(10).hex()
+    global _pool, _pos
+    pos = _pos
+    if pos >= len(_pool):
+        _pool = os.urandom(2000).hex()
+        pos = 0
+    _pos = pos + 20
+    return MAGIC_COOKIE + _pool[pos : pos + 20]
 
 
 def new_tag() -> str:
@@ -119,13 +131,14 @@ def decrement_max_forwards(req: Request) -> int:
         return 70
     i = keys.index("max-forwards")
     line = req._lines[i]
-    value = line[line.index(":") + 1 :].strip(" \t")
+    c = line.index(":")
+    value = line[c + 1 :].strip(" \t")
     if not value.isdigit() or not value.isascii() or len(value) > 3 or int(value) > 255:
         raise SIPError(400, "Bad Max-Forwards")
     n = int(value)
     if n == 0:
         raise SIPError(483, "Too Many Hops")
     n -= 1
-    req._lines[i] = f"{line[: line.index(':')]}: {n}"
+    req._lines[i] = f"{line[:c]}: {n}"
     req._edited("max-forwards")
     return n

@@ -154,7 +154,11 @@ PARAM = (
     r"[ \t]*+;[ \t]*+([A-Za-z0-9\-.!%*_+`'~]++)"
     r"(?:[ \t]*+=[ \t]*+([A-Za-z0-9\-.!%*_+`'~:\[\]]++|\"(?:[^\"\\]|\\.)*+\"))?+"
 )
-_PARAMS_RE = re.compile(rf"(?:{PARAM})*+[ \t]*+", re.S)
+PARAM_NC = (
+    r"[ \t]*+;[ \t]*+[A-Za-z0-9\-.!%*_+`'~]++"
+    r"(?:[ \t]*+=[ \t]*+(?:[A-Za-z0-9\-.!%*_+`'~:\[\]]++|\"(?:[^\"\\]|\\.)*+\"))?+"
+)
+_PARAMS_RE = re.compile(rf"(?:{PARAM_NC})*+[ \t]*+", re.S)
 PARAM_FINDALL = re.compile(PARAM, re.S).findall
 
 

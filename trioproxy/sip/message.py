@@ -112,7 +112,8 @@ class Message:
         cache = self._cache
         if cache:
             cache.pop(key, None)
-            cache.pop(key + "#1", None)
+            if key == "via":
+                cache.pop("via#1", None)
 
     @staticmethod
     def _name(name: str, key: str) -> str:

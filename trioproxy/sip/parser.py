@@ -15,14 +15,11 @@ from .errors import SIPError
 from .headers import _KEY_CACHE, header_key
 from .limits import MAX_HEADERS, MAX_LINE_LENGTH, MAX_MESSAGE_SIZE
 from .message import Request, Response
+from .values import COMMON_METHODS
 
 __all__ = ["parse_message_untrusted"]
 
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-_COMMON_METHODS = frozenset(
-    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE",
-     "INFO", "PRACK", "UPDATE", "REFER")
-)  # fmt: skip
 _FOLD_RE = re.compile(r"\n[ \t]")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
 
@@ -115,7 +112,21 @@ def _parse(data: bytes) -> Request | Response:
     if start.startswith("SIP/"):
         msg = _status_line(start)
     else:
-        msg = _request_line(start)
+        # RFC 3261 7.1: Request-Line = Method SP Request-URI SP SIP-Version CRLF (single SPs, no other LWS).
+        parts = start.split(" ")
+        if len(parts) != 3:
+            raise SIPError(400, "Bad Request-Line")
+        method, uri, version = parts
+        if method not in COMMON_METHODS and not _METHOD_RE.fullmatch(method):
+            raise SIPError(400, "Bad Method")
+        if not uri or "\t" in uri:
+            raise SIPError(400, "Bad Request-URI")
+        msg = req = Request.__new__(Request)
+        req.method = method
+        req._uri = None
+        req._uri_text = uri
+        req._uri_snap = ""
+        req.version = version if version == "SIP/2.0" else _version(version)
     msg._lines = lines
     msg._keys = keys  # type: ignore[assignment]  # no None left
     msg._cache = {}
@@ -137,26 +148,6 @@ def _parse(data: bytes) -> Request | Response:
     msg.body = body
     msg._raw = data
     return msg
-
-
-def _request_line(start: str) -> Request:
-    # RFC 3261 7.1: Request-Line = Method SP Request-URI SP SIP-Version CRLF (single SPs, no other LWS).
-    parts = start.split(" ")
-    if len(parts) != 3:
-        raise SIPError(400, "Bad Request-Line")
-    method, uri, version = parts
-    if method not in _COMMON_METHODS and not _METHOD_RE.fullmatch(method):
-        raise SIPError(400, "Bad Method")
-    if not uri or "\t" in uri:
-        raise SIPError(400, "Bad Request-URI")
-    version = _version(version)
-    req = Request.__new__(Request)
-    req.method = method
-    req._uri = None
-    req._uri_text = uri
-    req._uri_snap = ""
-    req.version = version
-    return req
 
 
 def _version(version: str) -> str:

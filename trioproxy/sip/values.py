@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .errors import SIPError
-from .headers import PARAM, PARAM_FINDALL, format_params, parse_params
+from .headers import PARAM_FINDALL, PARAM_NC, format_params, parse_params
 from .uri import URI, parse_uri_untrusted, valid_ipv6
 
 __all__ = ["CSeq", "NameAddr", "Via"]
@@ -17,10 +17,14 @@ _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _VIA_RE = re.compile(
     rf"[ \t]*+({_TOKEN})[ \t]*+/[ \t]*+({_TOKEN})[ \t]*+/[ \t]*+({_TOKEN})[ \t]++"
     r"(\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9\-.]++)(?:[ \t]*+:[ \t]*+([0-9]{1,5}))?+"
-    rf"((?:{PARAM})*+)[ \t]*+",
+    rf"((?:{PARAM_NC})*+)[ \t]*+",
     re.S,
 )
-_CSEQ_RE = re.compile(rf"[ \t]*+([0-9]{{1,10}})[ \t]++({_TOKEN})[ \t]*+")
+# Methods seen every day skip the token regex.
+COMMON_METHODS = frozenset(
+    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE",
+     "INFO", "PRACK", "UPDATE", "REFER")
+)  # fmt: skip
 _TOKEN_RE = re.compile(_TOKEN)
 _DISPLAY_TOKENS_RE = re.compile(rf"{_TOKEN}(?:[ \t]+{_TOKEN})*")
 _QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
@@ -41,19 +45,18 @@ class Via:
         m = _VIA_RE.fullmatch(value)
         if m is None:
             raise SIPError(400, "Bad Via")
-        name, version, transport, host, port, params = m.group(1, 2, 3, 4, 5, 6)
+        name, version, transport, host, port, params = m.groups()
         if (name != "SIP" and name.upper() != "SIP") or version != "2.0":
             raise SIPError(400, "Bad Via Protocol")
         if host[0] == "[":
             host = host[1:-1]
             if not valid_ipv6(host):
                 raise SIPError(400, "Bad Via Host")
+        p: int | None = None
         if port is not None:
             p = int(port)
             if p > 65535:
                 raise SIPError(400, "Bad Via Port")
-        else:
-            p = None
         d: dict[str, str | None] = {}
         if params:
             if '"' in params or " " in params or "\t" in params:
@@ -62,8 +65,8 @@ class Via:
             else:
                 # Already validated by the regex: plain ;name=value pieces.
                 for part in params[1:].split(";"):
-                    k, _, v = part.partition("=")
-                    d[k.lower()] = v or None
+                    k, eq, v = part.partition("=")
+                    d[k if k.islower() else k.lower()] = v if eq else None
         return cls(transport if transport.isupper() else transport.upper(), host, p, d)
 
     def __str__(self) -> str:
@@ -231,13 +234,15 @@ class CSeq:
     @classmethod
     def parse_untrusted(cls, value: str) -> CSeq:
         """Parse a CSeq value; SIPError 400 when malformed."""
-        m = _CSEQ_RE.fullmatch(value)
-        if m is None:
+        parts = value.split()
+        if len(parts) != 2:
             raise SIPError(400, "Bad CSeq")
-        seq = int(m.group(1))
-        if seq >= 2**31:
+        seq, method = parts
+        if not seq.isdigit() or not seq.isascii() or len(seq) > 10 or int(seq) >= 2**31:
             raise SIPError(400, "Bad CSeq")
-        return cls(seq, m.group(2))
+        if method not in COMMON_METHODS and not _TOKEN_RE.fullmatch(method):
+            raise SIPError(400, "Bad CSeq Method")
+        return cls(int(seq), method)
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
