@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check a route script as a reload would (exit status 2 on an error)")
     check.add_argument("script", metavar="SCRIPT", help="the Lua route script")
 
+    test = sub.add_parser(
+        "test",
+        help="run route tests (pytest files using trioproxy.testing.RouteTest) on virtual time",
+    )
+    test.add_argument("paths", nargs="*", default=["tests/routes"], help="test files or folders")
+    test.add_argument("-k", metavar="EXPR", help="only tests matching EXPR (as pytest -k)")
+
     parse = sub.add_parser("parse", help="parse a SIP message (a file, or a sample) and print what was read")
     parse.add_argument("file", nargs="?", help="file holding one SIP message (default: a sample INVITE)")
     return p
@@ -170,6 +177,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 2
 
 
+def _cmd_test(args: argparse.Namespace) -> int:
+    try:
+        import pytest
+    except ImportError:
+        print("trioproxy test: needs pytest and pytest-trio (pip install 'trioproxy[test]')", file=sys.stderr)
+        return 2
+    argv = [*args.paths, "-q", "-p", "pytest_trio", "-o", "trio_mode=true"]
+    if args.k:
+        argv += ["-k", args.k]
+    return int(pytest.main(argv))
+
+
 def _cmd_parse(args: argparse.Namespace) -> int:
     from trioproxy.sip import Request, SIPError, parse_message_untrusted
 
@@ -201,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_config(args)
     if args.command == "check":
         return _cmd_check(args)
+    if args.command == "test":
+        return _cmd_test(args)
     return _cmd_parse(args)
 
 

@@ -30,14 +30,29 @@ _DISPLAY_TOKENS_RE = re.compile(rf"{_TOKEN}(?:[ \t]+{_TOKEN})*")
 _QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
 
 
-@dataclass(slots=True)
 class Via:
-    """One Via value (RFC 3261 20.42). ``transport`` uppercase (``UDP``); host without IPv6 brackets."""
+    """One Via value (RFC 3261 20.42). ``transport`` uppercase (``UDP``); host without IPv6 brackets.
+
+    ``params`` (names lowercased, ``None`` for a flag) is parsed from the text when first read: the
+    transaction key only needs ``branch``, which is found without building the dict.
+    """
+
+    __slots__ = ("_params", "_ptext", "host", "port", "transport")
 
     transport: str
     host: str
-    port: int | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
+    port: int | None
+    _params: dict[str, str | None] | None
+    _ptext: str
+
+    def __init__(
+        self, transport: str, host: str, port: int | None = None, params: dict[str, str | None] | None = None
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self._params = params if params is not None else {}
+        self._ptext = ""
 
     @classmethod
     def parse_untrusted(cls, value: str) -> Via:
@@ -52,27 +67,56 @@ class Via:
             host = host[1:-1]
             if not valid_ipv6(host):
                 raise SIPError(400, "Bad Via Host")
-        p: int | None = None
+        via = cls.__new__(cls)
+        via.transport = transport if transport.isupper() else transport.upper()
+        via.host = host
+        via.port = None
         if port is not None:
             p = int(port)
             if p > 65535:
                 raise SIPError(400, "Bad Via Port")
-        d: dict[str, str | None] = {}
-        if params:
-            if '"' in params or " " in params or "\t" in params:
-                for k, v in PARAM_FINDALL(params):
-                    d[k.lower()] = v or None
-            else:
-                # Already validated by the regex: plain ;name=value pieces.
-                for part in params[1:].split(";"):
+            via.port = p
+        via._params = None
+        via._ptext = params  # validated by the regex; parsed on first read
+        return via
+
+    @property
+    def params(self) -> dict[str, str | None]:
+        """The Via parameters, names lowercased, order kept (a flag such as ``rport`` maps to None)."""
+        params = self._params
+        if params is None:
+            params = self._params = {}
+            text = self._ptext
+            if '"' in text or " " in text or "\t" in text:
+                for k, v in PARAM_FINDALL(text):
+                    params[k.lower()] = v or None
+            elif text:
+                for part in text[1:].split(";"):
                     k, eq, v = part.partition("=")
-                    d[k if k.islower() else k.lower()] = v if eq else None
-        return cls(transport if transport.isupper() else transport.upper(), host, p, d)
+                    params[k if k.islower() else k.lower()] = v if eq else None
+        return params
+
+    @params.setter
+    def params(self, value: dict[str, str | None]) -> None:
+        self._params = value
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         port = "" if self.port is None else f":{self.port}"
-        return f"SIP/2.0/{self.transport} {host}{port}{format_params(self.params)}"
+        tail = self._ptext.strip(" \t") if self._params is None else format_params(self._params)
+        return f"SIP/2.0/{self.transport} {host}{port}{tail}"
+
+    def __repr__(self) -> str:
+        return f"Via({self.transport!r}, {self.host!r}, {self.port!r}, {self.params!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Via):
+            return NotImplemented
+        return (self.transport, self.host, self.port, self.params) == (
+            other.transport, other.host, other.port, other.params,
+        )  # fmt: skip
+
+    __hash__ = None  # type: ignore[assignment]
 
     def copy(self) -> Via:
         """An independent copy."""
@@ -81,6 +125,12 @@ class Via:
     @property
     def branch(self) -> str | None:
         """The branch parameter."""
+        if self._params is None:
+            text = self._ptext
+            i = text.find(";branch=")
+            if i >= 0 and '"' not in text and " " not in text and "\t" not in text:
+                j = text.find(";", i + 8)
+                return text[i + 8 : j if j >= 0 else len(text)] or None
         return self.params.get("branch")
 
     @property
@@ -91,9 +141,10 @@ class Via:
     @property
     def rport(self) -> int | bool | None:
         """RFC 3581 rport: the port if valued, True for a bare flag, None when absent."""
-        if "rport" not in self.params:
+        params = self.params
+        if "rport" not in params:
             return None
-        v = self.params["rport"]
+        v = params["rport"]
         if v is None:
             return True
         if not v.isdigit() or not v.isascii() or int(v) > 65535:
