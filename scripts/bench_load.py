@@ -21,12 +21,14 @@ import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,6 +55,7 @@ class Result:
     rss_after_rest_kib: int
     sipp_retransmissions: int
     failure_causes: dict[str, int]
+    unexpected: dict[str, int]
 
 
 def free_port() -> int:
@@ -117,6 +120,21 @@ def port_bound(port: int, transport: str) -> bool:
         )
 
 
+_UNEXPECTED = re.compile(r"while expecting '([^']*)'[^,]*, received '([^\r\n]*)")
+
+
+def unexpected_summary(error_file: Path) -> dict[str, int]:
+    """What the UAC got instead of what it expected, counted (from SIPp's -trace_err log)."""
+    try:
+        text = error_file.read_text(errors="replace")
+    except OSError:
+        return {}
+    counts: Counter[str] = Counter()
+    for match in _UNEXPECTED.finditer(text):
+        counts[f"expected {match.group(1)}, got {match.group(2).strip()[:60]}"] += 1
+    return dict(counts.most_common(5))
+
+
 def sipp_counters(stat_file: Path) -> dict[str, str]:
     """The last row of a SIPp -trace_stat CSV file, by column name."""
     with open(stat_file, newline="") as f:
@@ -150,7 +168,7 @@ def load_round(
     cmd = ["sipp", "-sn", "uac", f"{HOST}:{uas_port}", "-rsa", f"{HOST}:{proxy_port}", "-i", HOST]
     cmd += ["-p", str(free_port()), "-t", tflag, "-r", str(args.rate), "-m", str(args.rate * args.seconds)]
     cmd += ["-l", str(args.limit), "-d", "0", "-nostdin", "-trace_stat", "-stf", str(stat_file), "-fd", "1"]
-    cmd += ["-timeout", str(args.seconds + 60)]
+    cmd += ["-timeout", str(args.seconds + 60), "-trace_err", "-error_file", str(workdir / f"uac{n}.err")]
     started = time.monotonic()
     with open(workdir / f"uac{n}.out", "wb") as out:
         uac = subprocess.Popen(
@@ -178,6 +196,7 @@ def load_round(
         and value not in ("", "0")
     }
     return Result(
+        unexpected=unexpected_summary(workdir / f"uac{n}.err"),
         rate=args.rate,
         seconds=args.seconds,
         transport=args.transport,
@@ -260,6 +279,8 @@ def main() -> int:
         print(
             f"  UAC retransmissions {result.sipp_retransmissions}, failure causes {result.failure_causes or '-'}"
         )
+        for what, count in result.unexpected.items():
+            print(f"  unexpected: {count} x {what}")
         print(f"  proxy CPU {result.proxy_cpu_s} s = {result.cpu_s_per_1000_calls} s per 1000 calls")
         print(
             f"  proxy RSS before {result.rss_before_kib} KiB, after load {result.rss_after_load_kib} KiB, "

@@ -68,3 +68,17 @@ def test_drip_feed_of_a_long_head_stays_bounded() -> None:
         for _ in range(40000):
             framer.feed(b"a")
     assert framer.buffered > 32000
+
+
+def test_messages_before_garbage_are_delivered_then_the_error() -> None:
+    framer = StreamFramer()
+    assert framer.feed(MSG + b"\n\rjunk") == [MSG]
+    with pytest.raises(SIPError) as exc:
+        framer.feed(b"more")
+    assert exc.value.status == 400
+
+
+def test_many_keepalives_and_messages_in_one_read() -> None:
+    framer = StreamFramer()
+    out = framer.feed(b"\r\n\r\n" * 5000 + EMPTY * 500)
+    assert out.count(Keepalive.PING) == 5000 and out.count(EMPTY) == 500 and framer.buffered == 0

@@ -71,7 +71,11 @@ class MgmtApp(Protocol):
         ...
 
     async def registrations(self, aor: str | None, offset: int, limit: int) -> JSONDict:
-        """One AOR's bindings (``aor`` given) or a page of AORs with their bindings."""
+        """One AOR's bindings (``aor`` given) or a page of AORs with their bindings.
+
+        Suggested shapes: ``{"aor": aor, "bindings": [{"contact", "expires", "q", ...}]}`` and
+        ``{"total": n, "offset": offset, "aors": {aor: [binding, ...]}}``.
+        """
         ...
 
     async def unregister(self, aor: str, contact: str | None) -> JSONDict:

@@ -97,6 +97,7 @@ class RequestContext:
     route_params: str | None = None  # parameters of our own Route removed by 16.4 pre-processing
     decrement_max_forwards: bool = True
     dropped: bool = False  # the router decided to drop the request: no answer at all
+    events: list[dict[str, Any]] = field(default_factory=list)  # route decisions, for GET /trace/<call-id>
     stage_timeout: bool = False  # a branch of the last stage got no final answer in time
     stage_replied: bool = False  # a branch of the last stage got a final answer from downstream
     in_dialog: bool = False
@@ -117,6 +118,13 @@ class RequestContext:
     def __post_init__(self) -> None:
         self.rc = ResponseContext(is_invite=self.original.method == "INVITE")
 
+    def note(self, kind: str, **data: Any) -> None:
+        """Record a route decision (bounded) for the management API's per-call trace."""
+        if len(self.events) < 300:
+            data["kind"] = kind
+            data["ms"] = round((time.monotonic() - self.started) * 1000, 3)
+            self.events.append(data)
+
     # -- operations for routers ------------------------------------------------------------------------
 
     async def reply(
@@ -128,6 +136,7 @@ class RequestContext:
         if status >= 200 and self.rc.final_sent:
             return False
         resp = make_response(self.original, status, reason or reason_phrase(status), to_tag=self.to_tag or None)
+        self.note("reply", status=status, reason=resp.reason)
         for name, value in headers:
             resp.append(name, value)
         if body:
@@ -158,6 +167,7 @@ class RequestContext:
             targets = [Target(self.request.uri.copy())]
         if not targets:
             return -1
+        self.note("relay", targets=[str(t.uri) + (f" via {t.dst}" if t.dst else "") for t in targets])
         if self.stateless:
             ok = await self.proxy.forward_stateless(self, targets[0])
             return 1 if ok else -1
@@ -204,6 +214,7 @@ class RequestContext:
 
     async def send_best(self) -> None:
         best = self.rc.best()
+        self.note("best", status=None if best is None else best.status)
         invite = self.original.method == "INVITE"
         if best is None and self.canceled:
             await self.reply(487, "Request Terminated")
@@ -305,6 +316,7 @@ class RequestContext:
                     req.insert_top("Record-Route", value)
             req.insert_top("Via", via_value(local, make_branch_id(self.loop_hash)))
             branch.request, branch.dest, branch.provisional = req, dest, False
+            self.note("branch", index=branch.index, uri=str(req.uri), dest=str(dest))
             await proxy.start_branch_transaction(branch, req, dest)
             outcome = await self._wait_final(branch)
             if outcome == "timer_c":
@@ -383,6 +395,7 @@ class RequestContext:
         """A branch got a response (16.7): forward, store, cancel the others, as the context decides."""
         if response.status >= 200:
             branch.final = response
+            self.note("response", index=branch.index, status=response.status, local=local)
         if not local:
             response.pop_first("Via")  # 16.7 step 3: remove the topmost Via, ours
             if not await self.proxy.router.on_response(self, branch, response):

@@ -19,6 +19,7 @@ import logging
 import math
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -133,6 +134,9 @@ class Proxy:
         self._timer_wakeup = trio.Event()
         self._timer_deadline = math.inf
         self.draining = False
+        # The route decisions of recent requests by Call-ID (GET /trace/<call-id>), oldest dropped first.
+        self.traces: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.max_traces = 1000
         self.last_accepted = -math.inf
         self.active: set[RequestContext] = set()
 
@@ -364,6 +368,7 @@ class Proxy:
             popped = preprocess_routes(work, self.is_myself)
             ctx = RequestContext(self, work, request, txn, lh, inbound)
             ctx.route_params = popped
+            self._keep_trace(ctx)
             ctx.in_dialog = request.to.tag is not None
             ctx.to_tag = make_branch_id(lh)[7:17]
             txn.user = ctx
@@ -390,6 +395,7 @@ class Proxy:
         finally:
             if ctx is not None:
                 self.active.discard(ctx)
+                ctx.note("end", status=ctx.final_status)
                 log.info(
                     "%s %s branches=%d status=%s %.1fms",
                     request.method,
@@ -398,6 +404,26 @@ class Proxy:
                     ctx.final_status,
                     (time.monotonic() - started) * 1000,
                 )
+
+    def _keep_trace(self, ctx: RequestContext) -> None:
+        req = ctx.original
+        entry = {
+            "method": req.method,
+            "ruri": str(req.uri),
+            "cseq": req.cseq.seq,
+            "source": str(req.source) if req.source else None,
+            "events": ctx.events,
+        }
+        call_id = req.call_id
+        traces = self.traces
+        if call_id in traces:
+            traces.move_to_end(call_id)
+            if len(traces[call_id]) < 50:
+                traces[call_id].append(entry)
+        else:
+            traces[call_id] = [entry]
+            if len(traces) > self.max_traces:
+                traces.popitem(last=False)
 
     async def _answer(
         self,
@@ -432,6 +458,7 @@ class Proxy:
             ctx.route_params = popped
             ctx.stateless = True
             ctx.in_dialog = request.to.tag is not None
+            self._keep_trace(ctx)
             await self.router.on_request(ctx)
         except SIPError as exc:
             log.info("dropping a bad %s: %s", request.method, exc.reason)

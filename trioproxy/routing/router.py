@@ -41,6 +41,18 @@ class _LuaRequest:
     script: LuaScript
     state: RequestState
     services: ProxyServices
+    traced: int = 0  # KSR calls of state.trace already copied into the request's events
+
+    def flush_trace(self, ctx: RequestContext, route: str) -> None:
+        trace = self.state.trace or []
+        calls = [_call_text(name, args, result) for name, args, result in trace[self.traced :]]
+        self.traced = len(trace)
+        ctx.note("route", name=route, ksr=calls)
+
+
+def _call_text(name: str, args: tuple[object, ...], result: object) -> str:
+    shown = ", ".join(repr(a) for a in args)
+    return f"{name}({shown}) = {result!r}"
 
 
 def _received_uri(binding: Binding) -> str | None:
@@ -158,11 +170,12 @@ class LuaRouter(Router):
         self.locator = locator
 
     def _begin(self, ctx: RequestContext) -> _LuaRequest:
-        state = RequestState(msg=ctx.request, local=ctx.inbound)
+        state = RequestState(msg=ctx.request, local=ctx.inbound, trace=[])
         if ctx.route_params is not None:
             state.route_params = ctx.route_params
         lua = _LuaRequest(self.holder.current(), state, ProxyServices(ctx, self))
         ctx.user_state = lua
+        ctx.note("script", path=lua.script.name, sha256=lua.script.sha256[:12])
         return lua
 
     async def _run(self, ctx: RequestContext, lua: _LuaRequest, what: str, name: str | None = None) -> int | None:
@@ -175,9 +188,12 @@ class LuaRouter(Router):
             raise ValueError(what)
         except RouteError as exc:
             log.error("%s:%s: %s route error (%s): %s", exc.file, exc.line, what, exc.kind, exc.cause)
+            ctx.note("route_error", file=exc.file, line=exc.line, error=exc.kind, cause=exc.cause)
             if not ctx.rc.final_sent:
                 await ctx.reply(500, "Server Internal Error")
             return None
+        finally:
+            lua.flush_trace(ctx, name or "ksr_request_route")
 
     async def on_request(self, ctx: RequestContext) -> None:
         lua = self._begin(ctx)

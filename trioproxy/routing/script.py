@@ -102,18 +102,26 @@ def _check_args(where: str, args: tuple[Any, ...]) -> None:
             raise TypeError(f"{where}: arguments must be strings, numbers, booleans or nil")
 
 
-def _guarded(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+# Most KSR calls a traced request records (GET /trace/<call-id>); the rest are counted, not kept.
+MAX_TRACED_CALLS = 200
+
+
+def _guarded(name: str, fn: Callable[..., Any], ctx: KsrContext) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         for a in args:
             if not isinstance(a, _PLAIN):
                 _check_args(name, args)
-        return fn(*args)
+        result = fn(*args)
+        st = ctx.state
+        if st is not None and st.trace is not None and len(st.trace) < MAX_TRACED_CALLS:
+            st.trace.append((name, args, result))
+        return result
 
     return call
 
 
-def _table(lua: Any, prefix: str, funcs: dict[str, Any]) -> Any:
-    return lua.table_from({n: _guarded(f"{prefix}{n}", f) for n, f in funcs.items()})
+def _table(lua: Any, prefix: str, funcs: dict[str, Any], ctx: KsrContext) -> Any:
+    return lua.table_from({n: _guarded(f"{prefix}{n}", f, ctx) for n, f in funcs.items()})
 
 
 _MODULE_CLASSES: dict[str, type] = {
@@ -190,10 +198,11 @@ class LuaScript:
         setup, self._start, self._resume, self._close, self._global_type = self._lua.execute(PRELUDE)
         lua = self._lua
         t = lua.table_from
-        raw: dict[str, Any] = {"_core": _table(lua, "KSR.", _public(Core(self._ctx)))}
+        ctx = self._ctx
+        raw: dict[str, Any] = {"_core": _table(lua, "KSR.", _public(Core(ctx)), ctx)}
         for mod, cls in _MODULE_CLASSES.items():
-            raw[mod] = _table(lua, f"KSR.{mod}.", _public(cls(self._ctx)))
-        raw["kx"] = _table(lua, "KSR.kx.", Kx(self._ctx).functions())
+            raw[mod] = _table(lua, f"KSR.{mod}.", _public(cls(ctx)), ctx)
+        raw["kx"] = _table(lua, "KSR.kx.", Kx(ctx).functions(), ctx)
         shims = t({mod: t(fns) for mod, fns in EFFECT_SHIMS.items()})
         ok, err = _tuple2(setup(t(raw), shims, name, source))
         if not ok:

@@ -69,6 +69,8 @@ class RequestState:
     received_uri: str | None = None  # fix_nated_register: source to store with the binding
     relayed: int = 0  # number of successful t_relay calls
 
+    trace: list[tuple[str, tuple[object, ...], object]] | None = None  # KSR calls made, when recorded
+
     exited: bool = False  # KSR.x.exit
     dropped: bool = False  # KSR.x.drop / KSR.drop
 

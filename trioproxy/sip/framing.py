@@ -47,13 +47,14 @@ class StreamFramer:
     the connection (after answering ``status`` if it makes sense).
     """
 
-    __slots__ = ("_buf", "_need", "_scan", "max_message_size")
+    __slots__ = ("_buf", "_error", "_need", "_scan", "max_message_size")
 
     def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self.max_message_size = max_message_size
         self._buf = bytearray()
         self._need = -1  # total size of the message being read once its head is known, else -1
         self._scan = 0  # where to resume looking for the end of the head (keeps drip-feeding linear)
+        self._error: SIPError | None = None  # raised by the next feed when messages came before it
 
     @property
     def buffered(self) -> int:
@@ -61,41 +62,60 @@ class StreamFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes | Keepalive]:
-        """Add received bytes; return the complete messages and keepalives they finish, in order."""
+        """Add received bytes; return the complete messages and keepalives they finish, in order.
+
+        When the bytes hold whole messages and then garbage, the messages are returned and the SIPError
+        comes from the next call.
+        """
+        if self._error is not None:
+            raise self._error
         buf = self._buf
         buf += data
         out: list[bytes | Keepalive] = []
-        while buf:
-            if self._need < 0:
-                # Between messages: CRLFCRLF is a ping, a lone CRLF a pong (RFC 5626 3.5.1).
-                if buf[0] in (13, 10):
-                    if buf.startswith(b"\r\n\r\n"):
-                        del buf[:4]
-                        out.append(Keepalive.PING)
-                        continue
-                    if len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
-                        break  # maybe the start of a ping: wait for more
-                    if buf.startswith(b"\r\n"):
-                        del buf[:2]
-                        out.append(Keepalive.PONG)
-                        continue
-                    raise SIPError(400, "Stray Line End")
-                end = buf.find(b"\r\n\r\n", self._scan)
-                if end < 0:
-                    if len(buf) > min(MAX_HEAD_SIZE, self.max_message_size):
+        pos = 0  # consumed so far; the buffer is trimmed once at the end (linear in what one read brings)
+        size = len(buf)
+        limit = min(MAX_HEAD_SIZE, self.max_message_size)
+        try:
+            while pos < size:
+                if self._need < 0:
+                    # Between messages: CRLFCRLF is a ping, a lone CRLF a pong (RFC 5626 3.5.1).
+                    if buf[pos] in (13, 10):
+                        if buf.startswith(b"\r\n\r\n", pos):
+                            pos += 4
+                            out.append(Keepalive.PING)
+                            continue
+                        rest = bytes(buf[pos : pos + 4])
+                        if len(rest) < 4 and b"\r\n\r\n".startswith(rest):
+                            break  # maybe the start of a ping: wait for more
+                        if buf.startswith(b"\r\n", pos):
+                            pos += 2
+                            out.append(Keepalive.PONG)
+                            continue
+                        raise SIPError(400, "Stray Line End")
+                    end = buf.find(b"\r\n\r\n", max(pos, self._scan))
+                    if end < 0:
+                        if size - pos > limit:
+                            raise SIPError(413, "Message Head Too Large")
+                        self._scan = max(pos, size - 3)
+                        break
+                    self._scan = 0
+                    if end - pos > limit:
                         raise SIPError(413, "Message Head Too Large")
-                    self._scan = max(0, len(buf) - 3)
+                    need = end + 4 - pos + _content_length(bytes(buf[pos:end]))
+                    if need > self.max_message_size:
+                        raise SIPError(413, "Message Too Large")
+                    self._need = need
+                if size - pos < self._need:
                     break
-                self._scan = 0
-                if end > min(MAX_HEAD_SIZE, self.max_message_size):
-                    raise SIPError(413, "Message Head Too Large")
-                need = end + 4 + _content_length(bytes(buf[:end]))
-                if need > self.max_message_size:
-                    raise SIPError(413, "Message Too Large")
-                self._need = need
-            if len(buf) < self._need:
-                break
-            out.append(bytes(buf[: self._need]))
-            del buf[: self._need]
-            self._need = -1
+                out.append(bytes(buf[pos : pos + self._need]))
+                pos += self._need
+                self._need = -1
+        except SIPError as exc:
+            if not out:
+                raise
+            self._error = exc
+        finally:
+            if pos:
+                del buf[:pos]
+                self._scan = max(0, self._scan - pos)
         return out

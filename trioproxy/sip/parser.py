@@ -21,6 +21,7 @@ __all__ = ["parse_message_untrusted"]
 
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _FOLD_RE = re.compile(r"\n[ \t]")
+_NAMES_RE = re.compile(r"\n([^:\n]*+):")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
 
 
@@ -90,6 +91,15 @@ def _parse(data: bytes) -> Request | Response:
             raise SIPError(400, "Incomplete Message Head")
     if _FOLD_RE.search(head) is not None:
         lines = _unfold(lines)
+        names = [line.partition(":")[0] for line in lines[1:]]
+        if any(map(is_, names, lines[1:])):
+            raise SIPError(400, "Bad Header Line")
+    else:
+        # One pass over the head for every header name; a line without a colon has none, so the count
+        # tells (RFC 3261 7.3: every header line is name HCOLON value).
+        names = _NAMES_RE.findall(head)
+        if len(names) != len(lines) - 1:
+            raise SIPError(400, "Bad Header Line")
     if len(lines) > MAX_HEADERS + 1:
         raise SIPError(400, "Too Many Headers")
     if len(head) > MAX_LINE_LENGTH and max(map(len, lines)) > MAX_LINE_LENGTH:
@@ -99,12 +109,8 @@ def _parse(data: bytes) -> Request | Response:
 
     start = lines[0]
     del lines[0]
-    # Header names as written -> keys, through the cache of names already seen; a line without a colon
-    # partitions to itself (RFC 3261 7.3: every header line is name HCOLON value).
-    names = [line.partition(":")[0] for line in lines]
+    # Names as written -> keys, through the cache of the names already seen.
     keys: list[str | None] = list(map(_KEY_CACHE.get, names))
-    if any(map(is_, names, lines)):
-        raise SIPError(400, "Bad Header Line")
     if None in keys:
         keys = [key if key is not None else header_key(name) for key, name in zip(keys, names, strict=True)]
 
@@ -134,8 +140,12 @@ def _parse(data: bytes) -> Request | Response:
     msg.flow = None
 
     # RFC 3261 18.3: the body is Content-Length bytes; more is discarded, less is an error.
-    if "content-length" in keys:
-        value = lines[keys.index("content-length")]
+    try:
+        i = keys.index("content-length")
+    except ValueError:
+        pass
+    else:
+        value = lines[i]
         value = value[value.index(":") + 1 :].strip(" \t")
         if not value.isdigit() or not value.isascii() or len(value) > 10:
             raise SIPError(400, "Bad Content-Length")

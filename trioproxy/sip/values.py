@@ -288,12 +288,15 @@ class CSeq:
         parts = value.split()
         if len(parts) != 2:
             raise SIPError(400, "Bad CSeq")
-        seq, method = parts
-        if not seq.isdigit() or not seq.isascii() or len(seq) > 10 or int(seq) >= 2**31:
+        seq_text, method = parts
+        if not seq_text.isdigit() or not seq_text.isascii() or len(seq_text) > 10:
+            raise SIPError(400, "Bad CSeq")
+        seq = int(seq_text)
+        if seq >= 2**31:
             raise SIPError(400, "Bad CSeq")
         if method not in COMMON_METHODS and not _TOKEN_RE.fullmatch(method):
             raise SIPError(400, "Bad CSeq Method")
-        return cls(int(seq), method)
+        return cls(seq, method)
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
