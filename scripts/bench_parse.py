@@ -27,7 +27,7 @@ INVITE = (
     b"Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;rport=5060;branch=z9hG4bK74bf9;received=192.0.2.10\r\n"
     b"Record-Route: <sip:proxy1.example.net;lr>\r\n"
     b"Max-Forwards: 69\r\n"
-    b"From: \"Alice\" <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n"
+    b'From: "Alice" <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n'
     b"To: Bob <sip:bob@biloxi.example.com>\r\n"
     b"Call-ID: 3848276298220188511@atlanta.example.com\r\n"
     b"CSeq: 1 INVITE\r\n"
@@ -43,7 +43,7 @@ OK200 = (
     b"Via: SIP/2.0/UDP proxy1.example.net:5060;branch=z9hG4bK2d4790.1;received=192.0.2.20\r\n"
     b"Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;rport=5060;branch=z9hG4bK74bf9;received=192.0.2.10\r\n"
     b"Record-Route: <sip:proxy1.example.net;lr>\r\n"
-    b"From: \"Alice\" <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n"
+    b'From: "Alice" <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n'
     b"To: Bob <sip:bob@biloxi.example.com>;tag=8321234356\r\n"
     b"Call-ID: 3848276298220188511@atlanta.example.com\r\n"
     b"CSeq: 1 INVITE\r\n"
@@ -87,12 +87,16 @@ def measure(fn: Callable[[], None], iterations: int, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=20000)
     args = parser.parse_args()
     forward()  # warm caches and check the edit works
-    print(f"INVITE {len(INVITE)} bytes, 200 OK {len(OK200)} bytes; median of {args.repeats} x {args.iterations}")
+    print(
+        f"INVITE {len(INVITE)} bytes, 200 OK {len(OK200)} bytes; median of {args.repeats} x {args.iterations}"
+    )
     for label, fn in (
         ("(a) parse INVITE", parse_invite),
         ("(a) parse 200 OK", parse_ok),

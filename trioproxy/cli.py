@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +11,8 @@ import trio
 
 from trioproxy import __version__
 from trioproxy.config import ConfigError, dump_config, load_config, parse_listen
+from trioproxy.logsetup import setup_logging
+from trioproxy.mgmt import add_ctl_arguments, ctl_main
 from trioproxy.routing import ScriptError
 
 __all__ = ["main"]
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         help="listen on udp:HOST:PORT or tcp:HOST:PORT (repeatable; IPv6 as udp:[::1]:5060); replaces the config's",
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
+    run.add_argument("--log-format", choices=["text", "json"], help="log lines for people (text) or machines")
+    run.add_argument("--mgmt", metavar="HOST:PORT", help='management API address ("" turns it off)')
     run.add_argument("--next-hop", metavar="URI", help="without a script: send every request to this URI")
     run.add_argument(
         "--nameserver",
@@ -79,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("paths", nargs="*", default=["tests/routes"], help="test files or folders")
     test.add_argument("-k", metavar="EXPR", help="only tests matching EXPR (as pytest -k)")
 
+    ctl = sub.add_parser("ctl", help="talk to a running proxy's management API")
+    add_ctl_arguments(ctl)
+
+    reload = sub.add_parser("reload", help="reload the route script of a running proxy (same as ctl reload)")
+    reload.add_argument("--mgmt", metavar="HOST:PORT", help="the management API (default 127.0.0.1:9060)")
+    reload.add_argument("--token", help="bearer token")
+    reload.add_argument("--json", action="store_true", help="print the JSON answer")
+    reload.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+
     parse = sub.add_parser("parse", help="parse a SIP message (a file, or a sample) and print what was read")
     parse.add_argument("file", nargs="?", help="file holding one SIP message (default: a sample INVITE)")
     return p
@@ -93,8 +105,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     if proxy:
         out["proxy"] = proxy
+    log: dict[str, Any] = {}
     if args.log_level:
-        out["log"] = {"level": args.log_level}
+        log["level"] = args.log_level
+    if args.log_format:
+        log["format"] = args.log_format
+    if log:
+        out["log"] = log
+    if args.mgmt is not None:
+        out["mgmt"] = {"listen": args.mgmt}
     if args.script:
         out["routing"] = {"script": args.script}
     if args.location:
@@ -109,14 +128,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if timers:
         out["timers"] = timers
     return out
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -134,7 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"trioproxy: config error: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.log.level)
+    setup_logging(config.log.level, config.log.format)
 
     def announce(line: str) -> None:
         print(line, flush=True)
@@ -222,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_check(args)
     if args.command == "test":
         return _cmd_test(args)
+    if args.command == "ctl":
+        return ctl_main(args)
+    if args.command == "reload":
+        args.ctl_command = "reload"
+        return ctl_main(args)
     return _cmd_parse(args)
 
 

@@ -155,6 +155,12 @@ class RegistrarSection:
 
 
 @dataclass(frozen=True, slots=True)
+class MgmtSection:
+    listen: str = "127.0.0.1:9060"  # the management HTTP API (HOST:PORT); "" turns it off
+    token: str = ""  # when set, requests need "Authorization: Bearer TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
 class LogSection:
     level: str = "info"
     format: str = "text"
@@ -168,6 +174,7 @@ class Config:
     routing: RoutingSection = field(default_factory=RoutingSection)
     location: LocationSection = field(default_factory=LocationSection)
     registrar: RegistrarSection = field(default_factory=RegistrarSection)
+    mgmt: MgmtSection = field(default_factory=MgmtSection)
     log: LogSection = field(default_factory=LogSection)
 
     @property
@@ -286,6 +293,12 @@ def _check(config: Config, text: str | None, source: str | None) -> None:
         raise ConfigError("registrar.path", "expected 'strict' or 'lenient'", _line_of(text, "registrar.path"), source)
     if not 0 < config.registrar.min_expires <= config.registrar.default_expires <= config.registrar.max_expires:
         raise ConfigError("registrar", "need 0 < min_expires <= default_expires <= max_expires", _line_of(text, "registrar"), source)
+    if config.mgmt.listen:
+        try:
+            host, _port = parse_hostport(config.mgmt.listen)
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise ConfigError("mgmt.listen", f"expected IP:PORT ({exc})", _line_of(text, "mgmt.listen"), source) from None
     if config.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError("log.level", f"unknown level {config.log.level!r}", _line_of(text, "log.level"), source)
     if config.log.format not in ("text", "json"):

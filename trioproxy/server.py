@@ -11,13 +11,17 @@ from pathlib import Path
 import trio
 import watchfiles
 
+from trioproxy import sdnotify
 from trioproxy.config import Config, parse_hostport
 from trioproxy.locate import Blocklist, Locator, ResolverConfig
 from trioproxy.location import LocationStore, Registrar, RegistrarPolicy, open_store, run_purger
+from trioproxy.logsetup import trace_filter, trace_message
+from trioproxy.mgmt import MgmtServer
 from trioproxy.proxy import LocationRouter, Proxy, Router, StaticRouter, Target
-from trioproxy.routing import ReloadResult, ScriptError, ScriptHolder
+from trioproxy.routing import ScriptError, ScriptHolder
 from trioproxy.routing.router import LuaRouter
-from trioproxy.sip import parse_uri_untrusted
+from trioproxy.service import LoopLag, ProxyMgmtApp, reload_script
+from trioproxy.sip import Request, Response, parse_uri_untrusted
 from trioproxy.transaction import Timers
 from trioproxy.transport import Listen, TransportConfig, Transports
 
@@ -105,15 +109,6 @@ async def watch_script(holder: ScriptHolder, target: str) -> None:
             reload_script(holder, "file change")
 
 
-def reload_script(holder: ScriptHolder, why: str) -> ReloadResult:
-    result = holder.reload()
-    if result.ok:
-        log.info("script reloaded (%s): %s sha256=%s", why, result.path, result.sha256[:12])
-    else:
-        log.error("script reload refused (%s), keeping the old one: %s", why, "; ".join(result.errors))
-    return result
-
-
 async def serve(
     config: Config,
     *,
@@ -143,19 +138,30 @@ async def serve(
         locate=locator.locate,
         blocklist=locator.blocklist,
     )
+    lag = LoopLag()
+    app = ProxyMgmtApp(proxy, transports, store, holder, locator, lag)
+    proxy.tracer = _Tracer()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(transports.serve)
             await nursery.start(proxy.run)
             nursery.start_soon(run_purger, store, config.location.purge_interval)
+            nursery.start_soon(lag.run)
+            nursery.start_soon(app.refresh_counts)
             if holder is not None and path is not None and config.routing.watch:
                 nursery.start_soon(watch_script, holder, str(path))
             for address in transports.listen_addresses():
                 announce(f"trioproxy listening on {address.transport}:{_hostport(address.host, address.port)}")
+            if config.mgmt.listen:
+                host, port = parse_hostport(config.mgmt.listen)
+                mgmt = MgmtServer(app, host, port, token=config.mgmt.token or None)
+                bound = await nursery.start(mgmt.serve)
+                announce(f"trioproxy management API on http://{_hostport(host, bound)}")
             if holder is not None:
                 announce(f"trioproxy route script {path} sha256={(holder.sha256 or '')[:12]}")
             else:
                 announce("trioproxy route script: none (built-in registrar and forwarding)")
+            sdnotify.ready("listening")
             task_status.started(proxy)
 
             async def drain_then_stop() -> None:
@@ -167,15 +173,29 @@ async def serve(
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
                     if holder is not None:
+                        sdnotify.reloading()
                         reload_script(holder, "SIGHUP")
+                        sdnotify.ready()
                     continue
                 if proxy.draining:
                     log.info("received %s again, exiting now", name)
                     nursery.cancel_scope.cancel()
                     break
                 log.info("received %s, draining for at most %.0f s", name, config.proxy.drain_time)
+                sdnotify.stopping()
                 nursery.start_soon(drain_then_stop)
     await store.close()
+
+
+class _Tracer:
+    """The proxy's per-call message trace, switched on through the management API."""
+
+    @property
+    def active(self) -> bool:
+        return trace_filter.active
+
+    def message(self, direction: str, msg: Request | Response, peer: object) -> None:
+        trace_message(direction, msg, peer)
 
 
 def _hostport(host: str, port: int) -> str:

@@ -101,10 +101,17 @@ def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     root = tmp_path / "trioproxy"
     (root / "sip").mkdir(parents=True)
     fake = root / "sip" / "fake.py"
-    fake.write_text("from ..proxy import core\nimport trio\nfrom . import uri\nfrom trioproxy import routing\n")
+    fake.write_text(
+        "from ..proxy import core\nimport trio\nfrom . import uri\nfrom trioproxy import routing\n"
+    )
     names = _imports(fake, root)
     assert names == [
-        "trioproxy.proxy", "trioproxy.proxy.core", "trio", "trioproxy.sip", "trioproxy.sip.uri",
-        "trioproxy", "trioproxy.routing",
+        "trioproxy.proxy",
+        "trioproxy.proxy.core",
+        "trio",
+        "trioproxy.sip",
+        "trioproxy.sip.uri",
+        "trioproxy",
+        "trioproxy.routing",
     ]
     assert _layer_of(["trioproxy", "proxy"])[1] > _layer_of(["trioproxy", "sip"])[1]

@@ -100,7 +100,7 @@ def test_get_all_splits_lists_only() -> None:
     raw = (
         b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
         b'Contact: "Doe, John" <sip:j,k@x;a=1>, <sip:k@y>\r\nContact: sip:l@z\r\n'
-        b'Subject: hello, world\r\nSubject: again\r\nAllow: INVITE, ACK,BYE\r\n\r\n'
+        b"Subject: hello, world\r\nSubject: again\r\nAllow: INVITE, ACK,BYE\r\n\r\n"
     )
     msg = parse_message_untrusted(raw)
     assert msg.get_all("m") == ['"Doe, John" <sip:j,k@x;a=1>', "<sip:k@y>", "sip:l@z"]

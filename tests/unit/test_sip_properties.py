@@ -17,6 +17,7 @@ from trioproxy.sip import (
     SIPError,
     StreamFramer,
     Via,
+    make_response,
     parse_message_untrusted,
     parse_uri_untrusted,
     validate_request_untrusted,
@@ -25,13 +26,13 @@ from trioproxy.sip import (
 
 DATA = Path(__file__).parent.parent / "data"
 SEEDS = [p.read_bytes() for d in ("rfc4475", "rfc5118") for p in sorted((DATA / d).glob("*.dat"))]
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~", min_size=1,
                 max_size=12)  # fmt: skip
-LABEL = st.tuples(st.sampled_from("abcxyz"), st.text(alphabet="abc019-", max_size=6), st.sampled_from("az09")).map(
-    "".join
-)
+LABEL = st.tuples(
+    st.sampled_from("abcxyz"), st.text(alphabet="abc019-", max_size=6), st.sampled_from("az09")
+).map("".join)
 HOST = st.one_of(
     st.lists(LABEL, min_size=1, max_size=3).map(".".join),
     st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t))),
@@ -122,6 +123,17 @@ def test_generated_requests_round_trip(req: Request) -> None:
 
 
 @SETTINGS
+@given(requests(), st.integers(100, 699), st.booleans())
+def test_responses_to_generated_requests_round_trip(req: Request, status: int, reason: bool) -> None:
+    resp = make_response(req, status, "Some Reason" if reason else None)
+    again = parse_message_untrusted(resp.to_bytes())
+    assert isinstance(again, Response) and again.same_as(resp)
+    assert (again.status, again.get_all("via"), again.call_id) == (status, req.get_all("via"), req.call_id)
+    assert (again.to.tag is not None) == (status > 100 or req.to.tag is not None)
+    validate_response_untrusted(again)
+
+
+@SETTINGS
 @given(uris())
 def test_generated_uris_round_trip(uri: URI) -> None:
     again = parse_uri_untrusted(str(uri))
@@ -158,7 +170,9 @@ MUTATION = st.tuples(
 
 @SETTINGS
 @given(st.sampled_from(SEEDS), st.lists(MUTATION, min_size=1, max_size=6))
-def test_mutated_messages_raise_only_sip_error(seed: bytes, mutations: list[tuple[str, float, bytes]]) -> None:
+def test_mutated_messages_raise_only_sip_error(
+    seed: bytes, mutations: list[tuple[str, float, bytes]]
+) -> None:
     data = bytearray(seed)
     for kind, where, piece in mutations:
         i = int(where * len(data))

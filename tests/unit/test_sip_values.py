@@ -100,7 +100,9 @@ def test_cseq(value: str, seq: int, method: str) -> None:
     assert CSeq.parse_untrusted(value) == CSeq(seq, method)
 
 
-@pytest.mark.parametrize("value", ["", "1", "INVITE 1", "-1 INVITE", "2147483648 INVITE", "1 INV@TE", "1 A B"])
+@pytest.mark.parametrize(
+    "value", ["", "1", "INVITE 1", "-1 INVITE", "2147483648 INVITE", "1 INV@TE", "1 A B"]
+)
 def test_cseq_malformed(value: str) -> None:
     with pytest.raises(SIPError):
         CSeq.parse_untrusted(value)

@@ -67,7 +67,9 @@ def _wsinv(m: Message) -> None:
     ]
     assert r.to.tag == "1918181833n" and r.from_.tag == "98asjd8"
     assert r.from_.display == 'J Rosenberg \\\\\\"'
-    assert r.get("subject") == "" and r.get("newfangledheader") == "newfangled value continued newfangled value"
+    assert (
+        r.get("subject") == "" and r.get("newfangledheader") == "newfangled value continued newfangled value"
+    )
     assert r.get("UnknownHeaderWithUnusualValue") == ";;,,;;,;"
     assert r.contacts[0].q == 0.33 and r.contacts[0].params["secondparam"] is None
     assert r.routes[0].uri.params["unknown-no-value"] is None and r.uri.params == {"unknownparam": None}
@@ -247,3 +249,9 @@ def test_zeromf_is_answered_483_by_the_proxy_edit() -> None:
     with pytest.raises(SIPError) as exc:
         decrement_max_forwards(msg)
     assert exc.value.status == 483
+
+
+def test_wsinv_leading_zeros_survive_the_forward_edit() -> None:
+    msg = _req(parse_message_untrusted((DATA / "rfc4475" / "wsinv.dat").read_bytes()))
+    assert decrement_max_forwards(msg) == 67
+    assert parse_message_untrusted(msg.to_bytes()).max_forwards == 67

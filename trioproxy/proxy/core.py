@@ -56,11 +56,22 @@ from trioproxy.transaction import (
 )
 from trioproxy.transport import TransportError, stamp_via
 
-__all__ = ["Proxy", "ProxyStats", "TransportLike"]
+__all__ = ["MessageTracer", "Proxy", "ProxyStats", "TransportLike"]
 
 log = logging.getLogger("trioproxy.proxy")
 
+_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx")
+
 Locate = Callable[[URI], Awaitable[list[Address]]]
+
+
+class MessageTracer(Protocol):
+    """Logs whole messages of the calls or users being traced (set by the shell; cheap when inactive)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def message(self, direction: str, msg: Request | Response, peer: object) -> None: ...
 
 
 class TransportLike(Protocol):
@@ -81,6 +92,7 @@ class TransportLike(Protocol):
 class ProxyStats:
     requests: dict[str, int] = field(default_factory=dict)
     responses: dict[str, int] = field(default_factory=dict)
+    responses_sent: dict[str, int] = field(default_factory=dict)
     stray_responses: int = 0
     malformed: int = 0
     transactions_handled: int = 0
@@ -134,6 +146,7 @@ class Proxy:
         self._timer_wakeup = trio.Event()
         self._timer_deadline = math.inf
         self.draining = False
+        self.tracer: MessageTracer | None = None
         # The route decisions of recent requests by Call-ID (GET /trace/<call-id>), oldest dropped first.
         self.traces: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self.max_traces = 1000
@@ -218,13 +231,16 @@ class Proxy:
             if not isinstance(msg, (Request, Response)):
                 await self._malformed(msg)
                 continue
+            tracer = self.tracer
+            if tracer is not None and tracer.active:
+                tracer.message("in", msg, msg.source)
             try:
                 if isinstance(msg, Request):
                     self.stats.requests[msg.method] = self.stats.requests.get(msg.method, 0) + 1
                     if msg.source is not None:
                         stamp_via(msg, msg.source)  # RFC 3581 / 18.2.1: received and rport
                 else:
-                    key = f"{msg.status // 100}xx"
+                    key = _CLASSES[msg.status // 100]
                     self.stats.responses[key] = self.stats.responses.get(key, 0) + 1
                 actions = self.table.receive(msg, msg.flow, trio.current_time())
             except SIPError as exc:
@@ -252,12 +268,20 @@ class Proxy:
     async def execute(self, actions: Sequence[Any]) -> None:
         for action in actions:
             if isinstance(action, SendRequest):
+                tracer = self.tracer
+                if tracer is not None and tracer.active:
+                    tracer.message("out", action.msg, action.dest)
                 try:
                     await self.transports.send_request(action.msg, action.dest)
                 except (TransportError, OSError) as exc:
                     log.info("sending %s to %s failed: %s", action.msg.method, action.dest, exc)
                     await self.execute(self.table.transport_error(action.txn, trio.current_time()))
             elif isinstance(action, SendResponse):
+                key = _CLASSES[action.msg.status // 100]
+                self.stats.responses_sent[key] = self.stats.responses_sent.get(key, 0) + 1
+                tracer = self.tracer
+                if tracer is not None and tracer.active:
+                    tracer.message("out", action.msg, getattr(action.flow, "remote", None))
                 try:
                     await self.transports.send_response(action.msg, action.flow)
                 except (TransportError, OSError) as exc:

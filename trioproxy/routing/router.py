@@ -129,6 +129,7 @@ class ProxyServices:
 
     async def lookup(self, table: str, aor: str) -> Sequence[ContactInfo]:
         bindings = await self.router.registrar.lookup(aor, time.time())
+        self.ctx.note("lookup", table=table, aor=aor, contacts=[b.contact for b in bindings])
         return [
             ContactInfo(uri=b.contact, q=b.q, received=_received_uri(b), path=tuple(b.path), flags=b.flags)
             for b in bindings
@@ -140,6 +141,7 @@ class ProxyServices:
             ctx.original, now=time.time(), received=state.received_uri, flags=flags
         )
         await ctx.send(response)
+        ctx.note("save", table=table, status=response.status)
         state.replied = (response.status, response.reason)
         return 1 if 200 <= response.status < 300 else -1
 

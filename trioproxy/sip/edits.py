@@ -133,7 +133,7 @@ def decrement_max_forwards(req: Request) -> int:
     line = req._lines[i]
     c = line.index(":")
     value = line[c + 1 :].strip(" \t")
-    if not value.isdigit() or not value.isascii() or len(value) > 3 or int(value) > 255:
+    if not value.isdigit() or not value.isascii() or len(value) > 12 or int(value) > 255:
         raise SIPError(400, "Bad Max-Forwards")
     n = int(value)
     if n == 0:

@@ -246,7 +246,7 @@ class Message:
                 except ValueError:
                     raise SIPError(400, "Missing Via") from None
                 value = line[line.index(":") + 1 :]
-                if "," in value or not value.strip():
+                if "," in value:
                     value = self._required("via")
                 via = Via.parse_untrusted(value)
             cache["via#1"] = via

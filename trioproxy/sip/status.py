@@ -30,7 +30,14 @@ _REASONS: dict[int, str] = {
     607: "Unwanted", 608: "Rejected",
 }  # fmt: skip
 
-_CLASS = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client Error", 5: "Server Error", 6: "Global Failure"}
+_CLASS = {
+    1: "Provisional",
+    2: "Success",
+    3: "Redirection",
+    4: "Client Error",
+    5: "Server Error",
+    6: "Global Failure",
+}
 
 
 def reason_phrase(status: int) -> str:

@@ -96,9 +96,9 @@ class URI:
         if self.opaque is not None or other.opaque is not None:
             return self.opaque == other.opaque
         if self.scheme == "tel":
-            return _tel_norm(self.user) == _tel_norm(other.user) and _lower_params(self.params) == _lower_params(
-                other.params
-            )
+            return _tel_norm(self.user) == _tel_norm(other.user) and _lower_params(
+                self.params
+            ) == _lower_params(other.params)
         # userinfo is case-sensitive; escapes compare equal to the characters they stand for.
         if _unesc(self.user) != _unesc(other.user) or _unesc(self.password) != _unesc(other.password):
             return False

@@ -8,7 +8,7 @@ from .message import Request, Response
 __all__ = ["validate_request_untrusted", "validate_response_untrusted"]
 
 # RFC 3261 7.3.1: headers whose grammar allows one value only.
-_SINGLE = ("to", "from", "call-id", "cseq", "max-forwards", "content-length", "content-type", "expires")
+_SINGLE = ("to", "from", "call-id", "cseq", "max-forwards", "content-length", "content-type")
 
 
 def _common(msg: Request | Response) -> None:
@@ -19,7 +19,7 @@ def _common(msg: Request | Response) -> None:
     for key in _SINGLE:
         if msg._keys.count(key) > 1:
             raise SIPError(400, f"Multiple {key.title()}")
-    for key in ("content-length", "max-forwards", "call-id", "expires"):
+    for key in ("content-length", "max-forwards", "call-id"):
         value = msg.get(key)
         if value is not None and "," in value:
             raise SIPError(400, f"Multiple {key.title()} Values")
@@ -31,7 +31,6 @@ def _common(msg: Request | Response) -> None:
     msg.to  # noqa: B018
     msg.max_forwards  # noqa: B018
     msg.content_length  # noqa: B018
-    msg.expires  # noqa: B018
     msg.contacts  # noqa: B018
     msg.routes  # noqa: B018
     msg.record_routes  # noqa: B018
@@ -43,10 +42,10 @@ def validate_request_untrusted(req: Request) -> None:
 
     Checks: the Request-URI parses, its scheme is sip/sips/tel (else 416) and it carries no headers
     (RFC 3261 19.1.5); To, From, Call-ID, CSeq and Via are present once and parse; Max-Forwards,
-    Content-Length, Expires, Contact, Route, Record-Route and Path parse; the CSeq method equals the
+    Content-Length, Contact, Route, Record-Route and Path parse; the CSeq method equals the
     request method (RFC 3261 8.1.1.5). The version (505) and Content-Length against the body are the
-    parser's checks. Max-Forwards 0 (483), Require/Proxy-Require (420) and authentication are the
-    proxy's decisions, not this function's.
+    parser's checks. Max-Forwards 0 (483), Require/Proxy-Require (420), Expires (a registrar reads it)
+    and authentication are the proxy's or registrar's decisions, not this function's.
     """
     uri = req.uri
     if uri.scheme not in ("sip", "sips", "tel"):

@@ -223,7 +223,7 @@ class NameAddr:
             # a '?' or ',' (RFC 3261 20.10; RFC 4475 3.1.2.13).
             text, semi, params_text = v.partition(";")
             text = text.strip(" \t")
-            if not text or any(ch in text for ch in " \t?,<>\""):
+            if not text or any(ch in text for ch in ' \t?,<>"'):
                 raise SIPError(400, "Bad addr-spec")
             uri = parse_uri_untrusted(text)
             rest = ";" + params_text if semi else ""
