@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Load benchmark of the running proxy: SIPp calls at a fixed rate through ``trioproxy run``, over loopback.
 
-Starts the proxy (no script: it forwards each request to its Request-URI with Record-Route), a SIPp UAS
+Starts the proxy (by default with no script: it forwards each request to its Request-URI with
+Record-Route; ``--script FILE|default`` routes with a Lua script instead), a SIPp UAS
 (built-in ``uas`` scenario) and a SIPp UAC (built-in ``uac``: INVITE, 100, 180, 200, ACK, BYE, 200) sending
 ``--rate`` calls per second for ``--seconds`` through the proxy. Reports the calls attempted, succeeded and
 failed (SIPp's own counters), the call rate reached, the proxy's CPU seconds (utime + stime from
@@ -9,7 +10,7 @@ failed (SIPp's own counters), the call rate reached, the proxy's CPU seconds (ut
 ``--rest`` seconds of rest.
 
 Usage: scripts/bench_load.py [--rate 50] [--seconds 10] [--rounds 1] [--transport udp|tcp] [--log-level info]
-[--json]. With ``--rounds N`` the loads run one after another on the same proxy: an RSS that comes back to
+[--script none|default|FILE] [--json]. With ``--rounds N`` the loads run one after another on the same proxy: an RSS that comes back to
 the same level after each rest is heap kept for reuse, one that keeps growing is a leak.
 Every process is started here and stopped by its PID (SIGTERM, then SIGKILL) at the end.
 """
@@ -42,6 +43,7 @@ class Result:
     seconds: int
     transport: str
     log_level: str
+    script: str
     attempted: int
     succeeded: int
     failed: int
@@ -148,6 +150,7 @@ def start_proxy(args: argparse.Namespace, workdir: Path, port: int) -> subproces
     proxy_out = workdir / "proxy.out"
     cmd = [sys.executable, "-m", "trioproxy", "run", "--listen", f"udp:{HOST}:{port}"]
     cmd += ["--listen", f"tcp:{HOST}:{port}", "--log-level", args.log_level]
+    cmd += ["--script", args.script, "--mgmt", f"{HOST}:{free_port()}"]
     with open(proxy_out, "wb") as out, open(workdir / "proxy.err", "wb") as err:
         return subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
 
@@ -201,6 +204,7 @@ def load_round(
         seconds=args.seconds,
         transport=args.transport,
         log_level=args.log_level,
+        script=args.script,
         attempted=attempted,
         succeeded=int(counters.get("SuccessfulCall(C)", 0) or 0),
         failed=int(counters.get("FailedCall(C)", 0) or 0),
@@ -252,6 +256,7 @@ def main() -> int:
     p.add_argument("--transport", choices=["udp", "tcp"], default="udp")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--rest", type=float, default=10.0, help="seconds of rest before the last RSS reading")
+    p.add_argument("--script", default="none", help='route script: "none" (default), "default" or a Lua file')
     p.add_argument("--rounds", type=int, default=1, help="loads run one after another on the same proxy")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, SIPp statistics)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -270,7 +275,7 @@ def main() -> int:
             continue
         print(
             f"round {n}: rate {result.rate}/s for {result.seconds} s over {result.transport} "
-            f"(log level {result.log_level})"
+            f"(log level {result.log_level}, script {result.script})"
         )
         print(f"  calls attempted {result.attempted}, succeeded {result.succeeded}, failed {result.failed}")
         print(

@@ -299,6 +299,8 @@ class Lab:
         config.write_text("\n".join(lines) + "\n")
         args = [sys.executable, "-m", "trioproxy", "run", "-c", str(config)]
         args += ["--listen", f"udp:{HOST}:{port}", "--listen", f"tcp:{HOST}:{port}", "--log-level", "info"]
+        # The management API on a port of its own choosing: the default 127.0.0.1:9060 may be taken.
+        args += ["--mgmt", f"{HOST}:0"]
         if timer_t1 is not None:
             args += ["--timer-t1", str(timer_t1)]
         if timer_c is not None:
@@ -410,8 +412,12 @@ class Lab:
         extra_args: Sequence[str] = (),
         name: str = "uac",
         subst: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> SippRun:
-        """Run a SIPp caller to ``remote`` (sending to ``rsa`` when given) until it exits (bounded)."""
+        """Run a SIPp caller to ``remote`` (sending to ``rsa`` when given) until it exits (bounded).
+
+        With ``wait=False`` the caller runs in the background: wait for it with ``SippRun.wait``.
+        """
         run = self._sipp(
             scenario,
             name=name,
@@ -424,6 +430,8 @@ class Lab:
             extra_args=extra_args,
             subst=subst,
         )
+        if not wait:
+            return run
         try:
             run.wait(SIPP_TIMEOUT + WAIT_MARGIN)
         except subprocess.TimeoutExpired:

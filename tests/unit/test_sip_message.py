@@ -276,3 +276,15 @@ def test_edits_refuse_line_breaks(value: str) -> None:
         with pytest.raises(ValueError, match="line break"):
             edit("X-Test", value)
     assert req.to_bytes() == INVITE
+
+
+def test_read_uri_keeps_its_text_and_rewrites_when_changed() -> None:
+    raw = INVITE.replace(b"INVITE sip:bob@biloxi.example.com", b"INVITE SIP:bob@BILOXI.example.com")
+    req = parse_message_untrusted(raw)
+    assert isinstance(req, Request)
+    assert req.uri.host == "BILOXI.example.com"
+    assert req.to_bytes() == raw
+    req.set("X-Edit", "1")
+    assert req.to_bytes().startswith(b"INVITE SIP:bob@BILOXI.example.com SIP/2.0\r\n")
+    req.uri.user = "carol"
+    assert req.to_bytes().startswith(b"INVITE sip:carol@BILOXI.example.com SIP/2.0\r\n")

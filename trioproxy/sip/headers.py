@@ -120,34 +120,6 @@ def split_values(value: str) -> list[str]:
     return [v for v in out if v]
 
 
-def split_unquoted(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` outside double quotes (a backslash escapes inside quotes)."""
-    if '"' not in text:
-        return text.split(sep)
-    out: list[str] = []
-    start = 0
-    quoted = False
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == sep:
-            out.append(text[start:i])
-            start = i + 1
-        i += 1
-    if quoted:
-        raise SIPError(400, "Unterminated Quoted String")
-    out.append(text[start:])
-    return out
-
-
 # RFC 3261 25.1: generic-param = token [ EQUAL gen-value ]; gen-value = token / host / quoted-string;
 # SEMI and EQUAL allow LWS (already unfolded to SP here) around them.
 PARAM = (

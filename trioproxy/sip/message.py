@@ -347,13 +347,12 @@ class Message:
         """The Request-Line or Status-Line."""
         raise NotImplementedError
 
-    def _unchanged(self) -> bool:
-        return self._raw is not None
-
     def to_bytes(self) -> bytes:
         """The message on the wire: the original bytes when unedited, else rebuilt with a right Content-Length."""
-        if self._raw is not None and self._unchanged():
-            return self._raw
+        raw = self._raw
+        return raw if raw is not None else self._rebuild(self.start_line())
+
+    def _rebuild(self, start_line: str) -> bytes:
         body = self.body
         keys = self._keys
         length = str(len(body))
@@ -367,7 +366,7 @@ class Message:
             if _value(line) != length:
                 self._lines[i] = f"{_name_of(line)}: {length}"
                 self._cache.pop("content-length", None)
-        parts = [self.start_line(), *self._lines, "", ""]
+        parts = [start_line, *self._lines, "", ""]
         raw = "\r\n".join(parts).encode("utf-8", "surrogateescape") + body
         self._raw = raw
         return raw
@@ -446,24 +445,22 @@ class Request(Message):
         self._raw = None
 
     def _uri_out(self) -> str:
+        # The Request-URI is mutable: a change made in place counts as an edit. Unchanged, the text
+        # is written as received.
         uri = self._uri
-        if uri is None:
-            return self._uri_text
-        text = str(uri)
-        if text == self._uri_snap and self._uri_text:
-            return self._uri_text
-        return text
-
-    def _unchanged(self) -> bool:
-        # The Request-URI is mutable: an in-place change of it counts as an edit.
-        return self._uri is None or str(self._uri) == self._uri_snap
+        if uri is not None:
+            text = str(uri)
+            if text != self._uri_snap:
+                self._uri_snap = self._uri_text = text
+                self._raw = None
+        return self._uri_text
 
     def to_bytes(self) -> bytes:
         """The request on the wire (see Message.to_bytes)."""
-        raw = super().to_bytes()
-        if self._uri is not None:
-            self._uri_snap = str(self._uri)
-            self._uri_text = self._uri_snap
+        uri_text = self._uri_out()
+        raw = self._raw
+        if raw is None:
+            raw = self._rebuild(f"{self.method} {uri_text} {self.version}")
         return raw
 
     def start_line(self) -> str:
