@@ -166,7 +166,9 @@ def sipp(workdir: Path, name: str, scenario: str, args: list[str]) -> subprocess
     cmd = ["sipp", "-sf", str(SCENARIOS / scenario), *args, "-nostdin"]
     cmd += ["-trace_err", "-error_file", str(workdir / f"{name}.err")]
     with open(workdir / f"{name}.out", "wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+        )
 
 
 def sipp_counters(stat_file: Path) -> dict[str, str]:
@@ -180,7 +182,7 @@ def sipp_counters(stat_file: Path) -> dict[str, str]:
 
 
 def mgmt_get(mgmt: str, target: str) -> Any:
-    with urllib.request.urlopen(f"http://{mgmt}{target}", timeout=10) as answer:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(f"http://{mgmt}{target}", timeout=10) as answer:
         return json.loads(answer.read())
 
 
@@ -189,7 +191,9 @@ def listed_aors(mgmt: str, prefix: str, page: int = 1000) -> dict[str, list[str]
     out: dict[str, list[str]] = {}
     offset = 0
     while True:
-        answer: dict[str, list[dict[str, Any]]] = mgmt_get(mgmt, f"/registrations?offset={offset}&limit={page}")
+        answer: dict[str, list[dict[str, Any]]] = mgmt_get(
+            mgmt, f"/registrations?offset={offset}&limit={page}"
+        )
         if not answer:
             return out
         out.update({aor: [b["contact"] for b in bs] for aor, bs in answer.items() if aor.startswith(prefix)})
@@ -256,8 +260,20 @@ def bench_backend(args: argparse.Namespace, backend: str, workdir: Path, redis_u
                 workdir,
                 f"call{i}",
                 "uac_call.xml",
-                [f"{HOST}:{port}", "-i", HOST, "-p", str(free_port()), "-m", "1", "-s", user, "-timeout", "20",
-                 "-timeout_error"],
+                [
+                    f"{HOST}:{port}",
+                    "-i",
+                    HOST,
+                    "-p",
+                    str(free_port()),
+                    "-m",
+                    "1",
+                    "-s",
+                    user,
+                    "-timeout",
+                    "20",
+                    "-timeout_error",
+                ],
             )
             try:
                 calls_ok += caller.wait(timeout=40) == 0
@@ -286,7 +302,9 @@ def bench_backend(args: argparse.Namespace, backend: str, workdir: Path, redis_u
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", action="append", choices=["memory", "sqlite", "redis"])
     parser.add_argument("--users", type=int, default=10000)
     parser.add_argument("--rate", type=int, default=500, help="REGISTERs per second asked of SIPp")
@@ -318,7 +336,10 @@ def main() -> int:
                 f" listed={r.aors_listed} stat_aors={r.aors_stat} calls={r.sample_calls_ok}/{r.sample_calls}"
             )
     all_ok = all(
-        r.sipp_exit == 0 and r.failed == 0 and r.aors_listed == r.users and r.sample_calls_ok == r.sample_calls
+        r.sipp_exit == 0
+        and r.failed == 0
+        and r.aors_listed == r.users
+        and r.sample_calls_ok == r.sample_calls
         for r in results
     )
     return 0 if all_ok else 1

@@ -158,6 +158,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"trioproxy: cannot start: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # A socket that cannot be bound inside the service nursery arrives wrapped in a group.
+        errors = group.subgroup(OSError)
+        if errors is None:
+            raise
+        first: BaseException = errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(f"trioproxy: cannot start: {first}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -104,7 +104,7 @@ def _touches(changes: set[tuple[watchfiles.Change, str]], target: str) -> bool:
 
 async def watch_script(holder: ScriptHolder, target: str) -> None:
     """Reload the script when its file (an absolute path) changes; editors that replace the file count."""
-    async for changes in watchfiles.awatch(os.path.dirname(target), debounce=300, step=100):
+    async for changes in watchfiles.awatch(os.path.dirname(target), debounce=300, step=100, rust_timeout=500):
         if _touches(changes, target):
             reload_script(holder, "file change")
 
@@ -150,13 +150,16 @@ async def serve(
             nursery.start_soon(app.refresh_counts)
             if holder is not None and path is not None and config.routing.watch:
                 nursery.start_soon(watch_script, holder, str(path))
-            for address in transports.listen_addresses():
-                announce(f"trioproxy listening on {address.transport}:{_hostport(address.host, address.port)}")
+            mgmt_url = None
             if config.mgmt.listen:
                 host, port = parse_hostport(config.mgmt.listen)
                 mgmt = MgmtServer(app, host, port, token=config.mgmt.token or None)
                 bound = await nursery.start(mgmt.serve)
-                announce(f"trioproxy management API on http://{_hostport(host, bound)}")
+                mgmt_url = f"http://{_hostport(host, bound)}"
+            for address in transports.listen_addresses():
+                announce(f"trioproxy listening on {address.transport}:{_hostport(address.host, address.port)}")
+            if mgmt_url:
+                announce(f"trioproxy management API on {mgmt_url}")
             if holder is not None:
                 announce(f"trioproxy route script {path} sha256={(holder.sha256 or '')[:12]}")
             else:

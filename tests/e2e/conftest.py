@@ -17,6 +17,7 @@ assertion message carries the proxy's log and each SIPp's error log and message 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -24,13 +25,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 __all__ = [
+    "CORE",
     "SCENARIOS",
     "SIPP",
     "Lab",
@@ -50,6 +53,10 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 15.0  # seconds for a process to come up (a loaded 2-core machine is slow to import)
 SIPP_TIMEOUT = 20  # SIPp's own global timeout (-timeout, with -timeout_error), seconds
 WAIT_MARGIN = 10.0  # our bound on a SIPp process beyond its own timeout
+
+# ``lab.proxy(**CORE, ...)``: the proxy core with its static router, no route script and no registrar (a
+# Request-URI naming the proxy is then forwarded or forked like any other).
+CORE: dict[str, Any] = {"script": "none", "settings": {"registrar": {"enabled": False}}}
 
 
 # -- ports and processes --------------------------------------------------------------------------------
@@ -284,11 +291,18 @@ class Lab:
         self,
         *,
         fork: Sequence[Sequence[str]] = (),
+        script: str | None = None,
+        settings: Mapping[str, Mapping[str, str | int | float | bool]] | None = None,
         timer_t1: float | None = None,
         timer_c: float | None = None,
         extra_args: Sequence[str] = (),
     ) -> ProxyRun:
-        """Start ``trioproxy run`` on a free port (UDP and TCP) and wait for its listening lines."""
+        """Start ``trioproxy run`` on a free port (UDP and TCP) and wait for its listening lines.
+
+        ``script`` goes to the configuration's ``routing.script`` (``"none"``: the proxy core with its static
+        router, which ``fork`` needs; None: the proxy's default, the embedded Lua script). ``settings`` adds
+        configuration keys by section, e.g. ``{"registrar": {"enabled": False}}``.
+        """
         port = free_port()
         n = len(self.proxies)
         config = self.workdir / f"proxy{n}.toml"
@@ -296,6 +310,14 @@ class Lab:
         if fork:
             stages = ", ".join("[" + ", ".join(f'"{u}"' for u in stage) + "]" for stage in fork)
             lines.append(f"fork = [{stages}]")
+        sections: dict[str, dict[str, str | int | float | bool]] = {}
+        if script is not None:
+            sections["routing"] = {"script": script}
+        for section, values in (settings or {}).items():
+            sections.setdefault(section, {}).update(values)
+        for section, values in sections.items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
         config.write_text("\n".join(lines) + "\n")
         args = [sys.executable, "-m", "trioproxy", "run", "-c", str(config)]
         args += ["--listen", f"udp:{HOST}:{port}", "--listen", f"tcp:{HOST}:{port}", "--log-level", "info"]

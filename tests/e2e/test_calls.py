@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import Lab
+from tests.e2e.conftest import CORE, Lab
 
 pytestmark = pytest.mark.e2e
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_basic_call(lab: Lab, transport: str) -> None:
     """INVITE, 180, 200, ACK, BYE, 200 through the proxy; the dialog is record-routed through it."""
-    proxy = lab.proxy()
+    proxy = lab.proxy(**CORE)
     uas = lab.uas("uas_answer.xml", transport=transport)
     uac = lab.uac("uac_call.xml", uas.address, rsa=proxy.address, transport=transport)
     lab.expect_success(uac, uas)
@@ -35,7 +35,7 @@ def test_basic_call(lab: Lab, transport: str) -> None:
 
 def test_retransmitted_invite_is_absorbed(lab: Lab) -> None:
     """The caller sends its INVITE twice (same branch): the callee sees one INVITE transaction."""
-    proxy = lab.proxy()
+    proxy = lab.proxy(**CORE)
     uas = lab.uas("uas_answer.xml")
     uac = lab.uac("uac_retransmit.xml", uas.address, rsa=proxy.address, extra_args=["-nr"])
     lab.expect_success(uac, uas)
@@ -47,3 +47,20 @@ def test_retransmitted_invite_is_absorbed(lab: Lab) -> None:
     assert len({m.top_branch for m in invites}) == 1, lab.diagnostics()
     assert len(uas.received("ACK")) == 1 and len(uas.received("BYE")) == 1
     assert len(proxy.transaction_lines("INVITE")) == 1, proxy.log()
+
+
+def test_retransmitted_2xx_reaches_the_caller(lab: Lab) -> None:
+    """The callee retransmits its 200 until the ACK comes (13.3.1.4); the proxy forwards every copy.
+
+    RFC 6026 7.2: the proxy's INVITE client transaction stays in Accepted state and passes each 2xx
+    retransmission up, and the proxy forwards it statelessly, so a caller whose ACK was lost sends it again.
+    The caller here sends its ACK only after the second 200.
+    """
+    proxy = lab.proxy(**CORE)
+    uas = lab.uas("uas_answer.xml")
+    uac = lab.uac("uac_late_ack.xml", uas.address, rsa=proxy.address, extra_args=["-nr"])
+    lab.expect_success(uac, uas)
+
+    oks = [m for m in uac.received(status=200) if m.method == "INVITE"]
+    assert len(oks) >= 2 and len({m.to_tag for m in oks}) == 1, lab.diagnostics()
+    assert len(uas.received("ACK")) == 1

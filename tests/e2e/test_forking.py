@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import Lab, SippRun
+from tests.e2e.conftest import CORE, Lab, SippRun
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +23,7 @@ def test_parallel_fork_answer_cancels_the_ringing_branch(lab: Lab) -> None:
     """Two branches in parallel: one answers 200, the other rings, gets CANCEL and answers 487."""
     answer = lab.uas("uas_answer.xml", name="answer")
     ringing = lab.uas("uas_ring_cancel.xml", name="ringing")
-    proxy = lab.proxy(fork=[[target(answer, "a"), target(ringing, "b")]])
+    proxy = lab.proxy(**CORE, fork=[[target(answer, "a"), target(ringing, "b")]])
     uac = lab.uac("uac_call.xml", proxy.address)
     lab.expect_success(uac, answer, ringing)
 
@@ -43,7 +43,7 @@ def test_serial_fork_busy_then_answer(lab: Lab) -> None:
     """Two stages: the first target answers 486, then the second is tried and answers 200."""
     busy = lab.uas("uas_reject.xml", name="busy", subst={"STATUS": "486", "REASON": "Busy Here"})
     answer = lab.uas("uas_answer.xml", name="answer")
-    proxy = lab.proxy(fork=[[target(busy, "a")], [target(answer, "b")]])
+    proxy = lab.proxy(**CORE, fork=[[target(busy, "a")], [target(answer, "b")]])
     uac = lab.uac("uac_call.xml", proxy.address)
     lab.expect_success(uac, busy, answer)
 
@@ -58,7 +58,7 @@ def test_decline_on_one_branch_cancels_the_other(lab: Lab) -> None:
     """A 603 on one branch cancels the ringing one (16.7 step 5-6); the caller receives the 603."""
     decline = lab.uas("uas_reject.xml", name="decline", subst={"STATUS": "603", "REASON": "Decline"})
     ringing = lab.uas("uas_ring_cancel.xml", name="ringing")
-    proxy = lab.proxy(fork=[[target(decline, "a"), target(ringing, "b")]])
+    proxy = lab.proxy(**CORE, fork=[[target(decline, "a"), target(ringing, "b")]])
     uac = lab.uac("uac_failed.xml", proxy.address, subst={"FINAL": "603"})
     lab.expect_success(uac, decline, ringing)
 
@@ -72,7 +72,7 @@ def test_caller_cancel_reaches_both_ringing_branches(lab: Lab) -> None:
     """The caller's CANCEL: 200 for it, CANCEL on both ringing branches, 487 for the INVITE (16.10)."""
     first = lab.uas("uas_ring_cancel.xml", name="first")
     second = lab.uas("uas_ring_cancel.xml", name="second")
-    proxy = lab.proxy(fork=[[target(first, "a"), target(second, "b")]])
+    proxy = lab.proxy(**CORE, fork=[[target(first, "a"), target(second, "b")]])
     uac = lab.uac("uac_cancel.xml", proxy.address)
     lab.expect_success(uac, first, second)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import Lab, SippRun
+from tests.e2e.conftest import CORE, Lab, SippRun
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +20,7 @@ def test_silent_callee_gives_408(lab: Lab) -> None:
 
     RFC 3261 16.8 / 9.1: with no provisional, the proxy sends no CANCEL; it acts as if it got a 408.
     """
-    proxy = lab.proxy(timer_t1=0.05)
+    proxy = lab.proxy(**CORE, timer_t1=0.05)
     uas = lab.uas("uas_silent.xml")
     uac = lab.uac("uac_failed.xml", uas.address, rsa=proxy.address, subst={"FINAL": "408"})
     lab.expect_success(uac, uas)
@@ -39,7 +39,7 @@ def test_ringing_callee_cancelled_by_timer_c(lab: Lab) -> None:
     (only a branch with no provisional is treated as a 408); the branch then ends with the callee's 487,
     which is the best (only) response and goes to the caller.
     """
-    proxy = lab.proxy(timer_c=2.0)
+    proxy = lab.proxy(**CORE, timer_c=2.0)
     uas = lab.uas("uas_ring_cancel.xml")
     uac = lab.uac("uac_failed.xml", uas.address, rsa=proxy.address, subst={"FINAL": "487"})
     lab.expect_success(uac, uas)

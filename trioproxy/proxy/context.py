@@ -72,14 +72,16 @@ class Branch:
 
     def deliver(self, event: BranchEvent) -> None:
         """Called by the dispatcher (never blocks): queue an event for the branch task."""
-        if self.send_channel is None:
-            return
-        try:
-            self.send_channel.send_nowait(event)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            # The branch is gone or flooded; a late 2xx still has to reach the caller (RFC 6026).
-            if event.response is not None and 200 <= event.response.status < 300:
-                self.ctx.proxy.spawn(self.ctx.forward_late_2xx, event.response)
+        if self.send_channel is not None:
+            try:
+                self.send_channel.send_nowait(event)
+                return
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        # The branch is gone or flooded; a late 2xx (such as a retransmission of the 2xx that ended the
+        # branch) still has to reach the caller (RFC 6026 7.2).
+        if event.response is not None and 200 <= event.response.status < 300:
+            self.ctx.proxy.spawn(self.ctx.forward_late_2xx, event.response)
 
 
 @dataclass(eq=False)

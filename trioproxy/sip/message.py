@@ -234,22 +234,24 @@ class Message:
     @property
     def top_via(self) -> Via:
         """The first Via value; SIPError 400 when there is none."""
+        via: Via | None = self._cache.get("via#1")
+        return via if via is not None else self._top_via()
+
+    def _top_via(self) -> Via:
         cache = self._cache
-        via: Via | None = cache.get("via#1")
-        if via is None:
-            cached = cache.get("via")
-            if cached:
-                via = cached[0]
-            else:
-                try:
-                    line = self._lines[self._keys.index("via")]
-                except ValueError:
-                    raise SIPError(400, "Missing Via") from None
-                value = line[line.index(":") + 1 :]
-                if "," in value:
-                    value = self._required("via")
-                via = Via.parse_untrusted(value)
-            cache["via#1"] = via
+        cached: list[Via] | None = cache.get("via")
+        if cached:
+            via = cached[0]
+        else:
+            try:
+                line = self._lines[self._keys.index("via")]
+            except ValueError:
+                raise SIPError(400, "Missing Via") from None
+            value = line[line.index(":") + 1 :]
+            if "," in value:
+                value = self._required("via")
+            via = Via.parse_untrusted(value)
+        cache["via#1"] = via
         return via
 
     @property

@@ -22,6 +22,7 @@ __all__ = ["parse_message_untrusted"]
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _FOLD_RE = re.compile(r"\n[ \t]")
 _NAMES_RE = re.compile(r"\n([^:\n]*+):")
+_CRLF_BYTES = (13, 10)
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
 
 
@@ -56,8 +57,36 @@ def _unfold(lines: list[str]) -> list[str]:
 
 
 def _parse(data: bytes) -> Request | Response:
+    # The common case in one pass of cheap C-level scans: a CRLF head without folding, bare CR/LF or
+    # oversized lines, every header name already known. Anything else, or any doubt, goes to _parse_general,
+    # which makes every check itself; both end in _finish, so a message parses the same either way.
     if len(data) > MAX_MESSAGE_SIZE:
         raise SIPError(413, "Message Too Large")
+    head_bytes, sep, body = data.partition(b"\r\n\r\n")
+    if sep and data[0] not in _CRLF_BYTES:
+        head = head_bytes.decode("utf-8", "surrogateescape")
+        lines = head.split("\r\n")
+        n = len(lines) - 1
+        # One name per line after the start line: each has a colon. Every LF belongs to a CRLF and so does
+        # every CR (RFC 3261 7: no bare CR or LF).
+        names = _NAMES_RE.findall(head)
+        if (
+            len(names) == n
+            and n <= MAX_HEADERS
+            and len(head) <= MAX_LINE_LENGTH
+            and head.count("\n") == n
+            and head.count("\r") == n
+        ):
+            keys = list(map(_KEY_CACHE.get, names))
+            # A name not in the cache is new, or not a token; a folded line (RFC 3261 7.3.1) shows up here
+            # too, as a name starting with a blank or as a line without a colon (counted above).
+            if None not in keys:
+                return _finish(data, lines, keys, body)  # type: ignore[arg-type]  # no None left
+    return _parse_general(data)
+
+
+def _parse_general(data: bytes) -> Request | Response:
+    """Every message the fast path declines: leading CRLFs, bare LF heads, folding, new header names."""
     if data[:1] in (b"\r", b"\n"):
         # RFC 3261 7.5: CRLFs before the start line are ignored.
         data = data.lstrip(b"\r\n")
@@ -106,14 +135,17 @@ def _parse(data: bytes) -> Request | Response:
         if len(lines[0]) > MAX_LINE_LENGTH and not lines[0].startswith("SIP/"):
             raise SIPError(414, "Request-URI Too Long")
         raise SIPError(400, "Line Too Long")
-
-    start = lines[0]
-    del lines[0]
     # Names as written -> keys, through the cache of the names already seen.
     keys: list[str | None] = list(map(_KEY_CACHE.get, names))
     if None in keys:
         keys = [key if key is not None else header_key(name) for key, name in zip(keys, names, strict=True)]
+    return _finish(data, lines, keys, body)  # type: ignore[arg-type]  # no None left
 
+
+def _finish(data: bytes, lines: list[str], keys: list[str], body: bytes) -> Request | Response:
+    # The start line, the message object and the body; ``lines`` still holds the start line first.
+    start = lines[0]
+    del lines[0]
     msg: Request | Response
     if start.startswith("SIP/"):
         msg = _status_line(start)
@@ -134,7 +166,7 @@ def _parse(data: bytes) -> Request | Response:
         req._uri_snap = ""
         req.version = version if version == "SIP/2.0" else _version(version)
     msg._lines = lines
-    msg._keys = keys  # type: ignore[assignment]  # no None left
+    msg._keys = keys
     msg._cache = {}
     msg.source = None
     msg.flow = None

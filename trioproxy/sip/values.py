@@ -30,6 +30,9 @@ _DISPLAY_TOKENS_RE = re.compile(rf"{_TOKEN}(?:[ \t]+{_TOKEN})*")
 _QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
 
 
+_new_via = object.__new__
+
+
 class Via:
     """One Via value (RFC 3261 20.42). ``transport`` uppercase (``UDP``); host without IPv6 brackets.
 
@@ -61,17 +64,18 @@ class Via:
         if m is None:
             raise SIPError(400, "Bad Via")
         name, version, transport, host, port, params = m.groups()
-        if (name != "SIP" and name.upper() != "SIP") or version != "2.0":
+        if version != "2.0" or (name != "SIP" and name.upper() != "SIP"):
             raise SIPError(400, "Bad Via Protocol")
+        via = _new_via(cls)
         if host[0] == "[":
             host = host[1:-1]
             if not valid_ipv6(host):
                 raise SIPError(400, "Bad Via Host")
-        via = cls.__new__(cls)
-        via.transport = transport if transport.isupper() else transport.upper()
         via.host = host
-        via.port = None
-        if port is not None:
+        via.transport = transport if transport.isupper() else transport.upper()
+        if port is None:
+            via.port = None
+        else:
             p = int(port)
             if p > 65535:
                 raise SIPError(400, "Bad Via Port")
