@@ -180,3 +180,14 @@ def test_holder_without_script() -> None:
     with pytest.raises(RuntimeError):
         holder.current()
     assert holder.sha256 is None
+
+
+def test_syntax_error_line_with_a_long_path(tmp_path: Path) -> None:
+    # Lua shortens long chunk names to "...<tail>:LINE:"; the line must still be found.
+    folder = tmp_path / ("d" * 80)
+    folder.mkdir()
+    script = folder / "route.lua"
+    script.write_text("function ksr_request_route()\n  local x = (\nend\n")
+    with pytest.raises(ScriptError) as info:
+        LuaScript.load(script)
+    assert info.value.line == 3

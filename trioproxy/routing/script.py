@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +162,8 @@ def _route_code(v: Any) -> int:
 
 
 def _clean(msg: str, name: str, line: int) -> str:
-    prefix = f"{name}:{line}: "
-    return msg[len(prefix) :] if msg.startswith(prefix) else msg
+    found, rest = _split_lua_error(msg, name)
+    return rest if found == line else msg
 
 
 class LuaScript:
@@ -370,10 +371,14 @@ def _tuple2(v: Any) -> tuple[Any, Any]:
 
 
 def _split_lua_error(msg: str, name: str) -> tuple[int, str]:
-    # Lua compile errors read "name:LINE: message".
-    prefix = f"{name}:"
-    if msg.startswith(prefix):
-        line, _, rest = msg[len(prefix) :].partition(":")
-        if line.isdigit():
+    # Lua compile errors read "name:LINE: message"; a long name is shortened to "...<its tail>:LINE: message"
+    # (LUA_IDSIZE), so accept that form too.
+    m = _LUA_ERROR.match(msg)
+    if m is not None:
+        source, line, rest = m.group(1), m.group(2), m.group(3)
+        if source == name or (source.startswith("...") and name.endswith(source[3:])):
             return int(line), rest.strip()
     return 0, msg
+
+
+_LUA_ERROR = re.compile(r"(.*?):(\d+): (.*)", re.DOTALL)
