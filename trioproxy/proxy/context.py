@@ -33,7 +33,15 @@ from trioproxy.locate import LocateError
 from trioproxy.proxy.forward import make_branch_id, prepare_branch, record_route_values, via_value
 from trioproxy.proxy.response_context import Disposition, ResponseContext
 from trioproxy.proxy.router import Target
-from trioproxy.sip import Address, Request, Response, make_cancel, make_response, reason_phrase
+from trioproxy.sip import (
+    Address,
+    Request,
+    Response,
+    make_cancel,
+    make_response,
+    parse_uri_untrusted,
+    reason_phrase,
+)
 from trioproxy.transaction import ClientTransaction, ServerTransaction
 
 if TYPE_CHECKING:
@@ -82,6 +90,9 @@ class Branch:
         # branch) still has to reach the caller (RFC 6026 7.2).
         if event.response is not None and 200 <= event.response.status < 300:
             self.ctx.proxy.spawn(self.ctx.forward_late_2xx, event.response)
+
+
+_RELEASED_TARGET = Target(parse_uri_untrusted("sip:released.invalid"))
 
 
 @dataclass(eq=False)
@@ -277,7 +288,7 @@ class RequestContext:
                         await self._cancel_branch(branch)
         finally:
             branch.done = True
-            branch.send_channel = None
+            branch.send_channel = branch.recv_channel = None
             send.close()
             recv.close()
             if branch.txn is not None and branch.txn.user is branch and branch.final is None:
@@ -409,6 +420,25 @@ class RequestContext:
             await self.proxy.respond(self, response)
         if disposition in (Disposition.FORWARD_AND_CANCEL, Disposition.STORE_AND_CANCEL):
             self.cancel_branches(except_branch=branch)
+
+    def release(self) -> None:
+        """Drop what a finished request no longer needs.
+
+        Its transactions linger (Timer D/K/L/M: 32 s) and keep the context reachable so that a late 2xx can
+        still be forwarded; only the server transaction, the original request and the branches' slots are
+        needed for that, not the copies, responses and route state.
+        """
+        if self.server_txn is not None and self.server_txn.user is self:
+            self.server_txn.user = None  # a CANCEL now finds nothing to cancel (16.10: too late)
+        self.request = self.original
+        self.user_state = None
+        self.rc.finals.clear()
+        self.pending_stage = None
+        self.stage_branches = []
+        for b in self.branches:
+            b.request = None
+            b.final = None
+            b.target = _RELEASED_TARGET
 
     async def forward_late_2xx(self, response: Response) -> None:
         """A 2xx that arrived after its branch ended still goes upstream (16.7 step 5, RFC 6026)."""

@@ -420,6 +420,7 @@ class Proxy:
             if ctx is not None:
                 self.active.discard(ctx)
                 ctx.note("end", status=ctx.final_status)
+                ctx.release()
                 log.info(
                     "%s %s branches=%d status=%s %.1fms",
                     request.method,
