@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from trioproxy.sip import (
@@ -288,3 +290,66 @@ def test_read_uri_keeps_its_text_and_rewrites_when_changed() -> None:
     assert req.to_bytes().startswith(b"INVITE SIP:bob@BILOXI.example.com SIP/2.0\r\n")
     req.uri.user = "carol"
     assert req.to_bytes().startswith(b"INVITE sip:carol@BILOXI.example.com SIP/2.0\r\n")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        INVITE,
+        OK,
+        # Each of these leaves the one-pass path of the parser for the general one; both must agree.
+        INVITE.replace(b"i: a84b4c76e66710\r\n", b"i: a84b4c76e66710\r\n x\r\n"),
+        INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\n"),
+        INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\rX: 1\r\n"),
+        INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\x0b\r\n"),
+        INVITE.replace(b"Max-Forwards: 70\r\n", "Max-Forwards: 70\u2028\r\n".encode()),
+        INVITE.replace(b"Content-Length: 4\r\n\r\n", b"Content-Length: 4\r\r\n\r\n"),
+        INVITE.replace(b"Max-Forwards: 70\r\n", b"X-Never-Seen-Before-Name: 1\r\n"),
+        INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards 70\r\n"),
+        INVITE.replace(b"Max-Forwards: 70\r\n", b"Max Forwards: 70\r\n"),
+        b"\r\n" + INVITE,
+    ],
+)
+def test_fast_and_general_parse_agree(raw: bytes) -> None:
+    from trioproxy.sip.parser import _parse_general
+
+    def outcome(parse: Callable[[bytes], Request | Response]) -> object:
+        try:
+            msg = parse(raw)
+        except SIPError as exc:
+            return (exc.status, exc.reason)
+        return (type(msg), msg.start_line(), msg.headers(), msg.body, msg.to_bytes())
+
+    assert outcome(parse_message_untrusted) == outcome(_parse_general)
+
+
+@pytest.mark.parametrize("written", ["70", " 70", "070", "1", "255", "70 ", "\t9"])
+def test_decrement_max_forwards_however_written(written: str) -> None:
+    req = parse_message_untrusted(INVITE.replace(b"Max-Forwards: 70", f"Max-Forwards:{written}".encode()))
+    assert isinstance(req, Request)
+    n = int(written.strip()) - 1
+    assert decrement_max_forwards(req) == n
+    assert f"\r\nMax-Forwards: {n}\r\n".encode() in req.to_bytes()
+    for bad, status in (("256", 400), ("0", 483), ("00", 483), ("x", 400), ("", 400)):
+        req = parse_message_untrusted(INVITE.replace(b"Max-Forwards: 70", f"Max-Forwards: {bad}".encode()))
+        assert isinstance(req, Request)
+        with pytest.raises(SIPError) as exc:
+            decrement_max_forwards(req)
+        assert exc.value.status == status
+
+
+# A Content-Length line that states the body's length is kept as written; leading zeros are rewritten.
+@pytest.mark.parametrize(("written", "rebuilt"), [("4", "4"), ("004", " 4"), (" 4 ", " 4 "), ("\t4", "\t4")])
+def test_content_length_rewritten_only_when_it_must_be(written: str, rebuilt: str) -> None:
+    raw = INVITE.replace(b"Content-Length: 4", f"Content-Length:{written}".encode())
+    req = parse_message_untrusted(raw)
+    assert req.to_bytes() == raw
+    req.set("X-Edit", "1")
+    assert f"\r\nContent-Length:{rebuilt}\r\n".encode() in req.to_bytes()
+    req.body = b"v=0\r\nx"
+    req.set("X-Edit", "2")
+    assert b"\r\nContent-Length: 6\r\n" in req.to_bytes() and req.to_bytes().endswith(b"\r\n\r\nv=0\r\nx")
+    copy = req.copy()
+    copy.insert_top("Content-Length", "99")
+    copy.remove("Content-Length")
+    assert copy.to_bytes().endswith(b"\r\nContent-Length: 6\r\n\r\nv=0\r\nx")

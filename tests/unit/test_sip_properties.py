@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +24,8 @@ from trioproxy.sip import (
     validate_request_untrusted,
     validate_response_untrusted,
 )
+from trioproxy.sip.parser import _parse_general
+from trioproxy.sip.values import _VIA_RE
 
 DATA = Path(__file__).parent.parent / "data"
 SEEDS = [p.read_bytes() for d in ("rfc4475", "rfc5118") for p in sorted((DATA / d).glob("*.dat"))]
@@ -227,3 +230,55 @@ def test_framer_raises_only_sip_error(data: bytes, chunk: int) -> None:
                         pass
     except SIPError:
         pass
+
+
+def _parsed(parse: Callable[[bytes], Message], data: bytes) -> object:
+    try:
+        msg = parse(data)
+    except SIPError as exc:
+        return (exc.status, exc.reason)
+    return (type(msg), msg.start_line(), msg.headers(), msg.body, msg.to_bytes())
+
+
+LINE_PIECES = [b"\r\n", b"\n", b"\r", b"\r\n ", b"\r\n\t", b"\x0b", b"\x0c", "\u2028".encode(), b":", b" ", b"X-New-",
+               b"l: 0\r\n", b"Content-Length: 007\r\n", b"v: SIP/2.0/UDP h;branch=z9hG4bKv\r\n"]  # fmt: skip
+
+
+@FUZZ
+@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.floats(0, 1), st.sampled_from(LINE_PIECES)), max_size=4))
+def test_fast_parse_agrees_with_general_parse(seed: bytes, inserts: list[tuple[float, bytes]]) -> None:
+    # The parser's one-pass path takes the common messages and leaves the rest to the general path; on any
+    # input both give the same message or the same error.
+    data = bytearray(seed)
+    for where, piece in inserts:
+        i = int(where * len(data))
+        data[i:i] = piece
+    assert _parsed(parse_message_untrusted, bytes(data)) == _parsed(_parse_general, bytes(data))
+
+
+@SETTINGS
+@given(st.lists(st.builds(Via, st.sampled_from(["UDP", "TCP", "TLS", "WSS", "udp"]), HOST,
+                          st.one_of(st.none(), st.integers(1, 99999)),
+                          HEADER_PARAMS.map(lambda p: {"branch": "z9hG4bK" + "x" * 5, **p})),
+                min_size=1, max_size=2),
+       st.sampled_from(["", " ", "  "]))  # fmt: skip
+def test_via_common_form_agrees_with_full_grammar(vias: list[Via], lead: str) -> None:
+    # The everyday Via shape is read by a narrower regex; the full grammar must see the same value.
+    for via in vias:
+        text = lead + str(via)
+        m = _VIA_RE.fullmatch(text)
+        try:
+            got = Via.parse_untrusted(text)
+        except SIPError as exc:
+            assert m is None or exc.reason == "Bad Via Port"
+            continue
+        assert m is not None
+        name, version, transport, host, port, params = m.groups()
+        assert (name.upper(), version) == ("SIP", "2.0") and str(got).endswith(params)
+        assert (got.transport, got.host, got.port) == (
+            transport.upper(),
+            host.strip("[]"),
+            port and int(port),
+        )
+        assert str(got) == str(via).replace(f"/{via.transport} ", f"/{via.transport.upper()} ")
+        assert got.params == dict(via.params) and got.branch == via.params["branch"]

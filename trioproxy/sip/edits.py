@@ -18,21 +18,17 @@ MAGIC_COOKIE = "z9hG4bK"
 _RESPONSE_COPY = frozenset({"via", "from", "to", "call-id", "cseq"})
 
 
-# Random hex from the OS CSPRNG, drawn in blocks (one system call per 200 branches): branches must not be
+# Random hex from the OS CSPRNG, drawn in blocks (one system call per 100 branches): branches must not be
 # guessable, or a stranger who saw one could forge responses for the next transactions.
-_pool = ""
-_pos = 0
+_branches: list[str] = []
 
 
 def new_branch() -> str:
     """A fresh Via branch: the RFC 3261 magic cookie and 20 random hex digits."""
-    global _pool, _pos
-    pos = _pos
-    if pos >= len(_pool):
-        _pool = os.urandom(2000).hex()
-        pos = 0
-    _pos = pos + 20
-    return MAGIC_COOKIE + _pool[pos : pos + 20]
+    if not _branches:
+        pool = os.urandom(1000).hex()
+        _branches.extend([MAGIC_COOKIE + pool[i : i + 20] for i in range(0, 2000, 20)])
+    return _branches.pop()
 
 
 def new_tag() -> str:
@@ -70,6 +66,7 @@ def make_response(
     resp._lines = lines
     resp._keys = keys
     resp._cache = {}
+    resp._clen_ok = None
     resp._raw = None
     resp.body = b""
     resp.source = None
@@ -120,25 +117,46 @@ def _copy_common(request: Request, out: Request, to_line: str | None) -> None:
     out._cache.clear()
 
 
+# Max-Forwards as usually written ("1" to "255", no leading zero) -> (value - 1, the new line's tail).
+# Looked up as written after the colon (usually one SP before the digits), then stripped.
+_MF_STEP: dict[str, tuple[int, str]] = {
+    f"{sp}{n}": (n - 1, f": {n - 1}") for n in range(1, 256) for sp in ("", " ")
+}
+
+
 def decrement_max_forwards(req: Request) -> int:
     """Decrement Max-Forwards (RFC 3261 16.6 step 3: add 70 when absent); returns the new value.
 
     SIPError 483 when it is already 0.
     """
     keys = req._keys
-    if "max-forwards" not in keys:
+    try:
+        i = keys.index("max-forwards")
+    except ValueError:
         req.append("Max-Forwards", "70")
         return 70
-    i = keys.index("max-forwards")
     line = req._lines[i]
     c = line.index(":")
-    value = line[c + 1 :].strip(" \t")
-    if not value.isdigit() or not value.isascii() or len(value) > 12 or int(value) > 255:
+    value = line[c + 1 :]
+    step = _MF_STEP.get(value)
+    if step is None:
+        value = value.strip(" \t")
+        step = _MF_STEP.get(value)
+    if step is not None:
+        n, tail = step
+        req._lines[i] = line[:c] + tail
+        # What _edited does; no typed value is cached for Max-Forwards.
+        req._raw = None
+        return n
+    if not value.isdigit() or not value.isascii() or len(value) > 12:
         raise SIPError(400, "Bad Max-Forwards")
     n = int(value)
+    if n > 255:
+        raise SIPError(400, "Bad Max-Forwards")
     if n == 0:
         raise SIPError(483, "Too Many Hops")
     n -= 1
     req._lines[i] = f"{line[:c]}: {n}"
-    req._edited("max-forwards")
+    # What _edited does; no typed value is cached for Max-Forwards.
+    req._raw = None
     return n

@@ -25,6 +25,10 @@ def _key(name: str) -> str:
     return key if key is not None else header_key(name)
 
 
+# Header name as given to an edit -> how its line starts ("v" -> "Via: "); bounded like _KEY_CACHE.
+_WRITTEN: dict[str, str] = {}
+
+
 def _value(line: str) -> str:
     return line[line.index(":") + 1 :].strip(" \t")
 
@@ -36,7 +40,7 @@ def _name_of(line: str) -> str:
 class Message:
     """What Request and Response share: header lines, body, edits, typed accessors."""
 
-    __slots__ = ("_cache", "_keys", "_lines", "_raw", "body", "flow", "source", "version")
+    __slots__ = ("_cache", "_clen_ok", "_keys", "_lines", "_raw", "body", "flow", "source", "version")
 
     is_request: ClassVar[bool] = False
 
@@ -44,6 +48,9 @@ class Message:
     _keys: list[str]
     _raw: bytes | None
     _cache: dict[str, Any]
+    # The body the first Content-Length line is known to state exactly (as _rebuild writes it), or None:
+    # then _rebuild checks the line. Edits of Content-Length reset it.
+    _clen_ok: bytes | None
     body: bytes
     source: Address | None
     flow: object | None
@@ -54,6 +61,7 @@ class Message:
         self._keys = []
         self._raw = None
         self._cache = {}
+        self._clen_ok = None
         self.body = body
         self.source = None
         self.flow = None
@@ -109,6 +117,8 @@ class Message:
 
     def _edited(self, key: str) -> None:
         self._raw = None
+        if key == "content-length":
+            self._clen_ok = None
         cache = self._cache
         if cache:
             cache.pop(key, None)
@@ -151,15 +161,32 @@ class Message:
 
     def insert_top(self, name: str, value: str) -> None:
         """Add a header line before the first line of that header, or at the top of the header block."""
-        key = _key(name)
+        # The hot edit of a proxy (Via, Record-Route): _key, _line and _edited written out.
+        key = _KEY_CACHE.get(name)
+        if key is None:
+            key = header_key(name)
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"line break in a {name} value")
         keys = self._keys
         try:
             i = keys.index(key)
         except ValueError:
             i = 0
-        self._lines.insert(i, self._line(name, key, value))
+        written = _WRITTEN.get(name)
+        if written is None:
+            written = f"{canonical_name(key) if len(name) == 1 else name.strip()}: "
+            if len(_WRITTEN) < 256:
+                _WRITTEN[name] = written
+        self._lines.insert(i, written + value)
         keys.insert(i, key)
-        self._edited(key)
+        self._raw = None
+        if key == "content-length":
+            self._clen_ok = None
+        cache = self._cache
+        if cache:
+            cache.pop(key, None)
+            if key == "via":
+                cache.pop("via#1", None)
 
     def remove(self, name: str) -> int:
         """Remove every line of a header; returns how many lines went."""
@@ -234,24 +261,23 @@ class Message:
     @property
     def top_via(self) -> Via:
         """The first Via value; SIPError 400 when there is none."""
-        via: Via | None = self._cache.get("via#1")
-        return via if via is not None else self._top_via()
-
-    def _top_via(self) -> Via:
         cache = self._cache
-        cached: list[Via] | None = cache.get("via")
-        if cached:
-            via = cached[0]
-        else:
-            try:
-                line = self._lines[self._keys.index("via")]
-            except ValueError:
-                raise SIPError(400, "Missing Via") from None
-            value = line[line.index(":") + 1 :]
-            if "," in value:
-                value = self._required("via")
-            via = Via.parse_untrusted(value)
-        cache["via#1"] = via
+        via: Via | None = cache.get("via#1") if cache else None
+        if via is None:
+            cached: list[Via] | None = cache.get("via") if cache else None
+            if cached:
+                via = cached[0]
+            else:
+                try:
+                    line = self._lines[self._keys.index("via")]
+                except ValueError:
+                    raise SIPError(400, "Missing Via") from None
+                # A comma (never in a header name) may separate several values on the line.
+                if "," in line:
+                    via = Via.parse_untrusted(self._required("via"))
+                else:
+                    via = Via._parse_from(line, -1)
+            cache["via#1"] = via
         return via
 
     @property
@@ -265,13 +291,14 @@ class Message:
     @property
     def cseq(self) -> CSeq:
         """CSeq; SIPError 400 when absent or malformed."""
-        cseq: CSeq | None = self._cache.get("cseq")
+        cache = self._cache
+        cseq: CSeq | None = cache.get("cseq") if cache else None
         if cseq is None:
             try:
                 line = self._lines[self._keys.index("cseq")]
             except ValueError:
                 raise SIPError(400, "Missing CSeq") from None
-            cseq = self._cache["cseq"] = CSeq.parse_untrusted(line[line.index(":") + 1 :])
+            cseq = cache["cseq"] = CSeq.parse_untrusted(line[line.index(":") + 1 :])
         return cseq
 
     def _name_addr(self, key: str) -> NameAddr:
@@ -356,6 +383,14 @@ class Message:
 
     def _rebuild(self, start_line: str) -> bytes:
         body = self.body
+        if self._clen_ok is not body:
+            # RFC 3261 18.3 / 20.14: Content-Length states the body's length.
+            self._fix_content_length(body)
+        raw = "\r\n".join([start_line, *self._lines, "", ""]).encode("utf-8", "surrogateescape") + body
+        self._raw = raw
+        return raw
+
+    def _fix_content_length(self, body: bytes) -> None:
         keys = self._keys
         length = str(len(body))
         try:
@@ -368,10 +403,7 @@ class Message:
             if _value(line) != length:
                 self._lines[i] = f"{_name_of(line)}: {length}"
                 self._cache.pop("content-length", None)
-        parts = [start_line, *self._lines, "", ""]
-        raw = "\r\n".join(parts).encode("utf-8", "surrogateescape") + body
-        self._raw = raw
-        return raw
+        self._clen_ok = body
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
@@ -381,6 +413,7 @@ class Message:
         other._keys = list(self._keys)
         other._raw = self._raw
         other._cache = {}
+        other._clen_ok = self._clen_ok
         other.body = self.body
         other.source = self.source
         other.flow = self.flow
@@ -459,10 +492,11 @@ class Request(Message):
 
     def to_bytes(self) -> bytes:
         """The request on the wire (see Message.to_bytes)."""
-        uri_text = self._uri_out()
+        if self._uri is not None:
+            self._uri_out()
         raw = self._raw
         if raw is None:
-            raw = self._rebuild(f"{self.method} {uri_text} {self.version}")
+            raw = self._rebuild(f"{self.method} {self._uri_text} {self.version}")
         return raw
 
     def start_line(self) -> str:

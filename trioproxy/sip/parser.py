@@ -4,6 +4,11 @@ What is checked here: size limits, the start line (method token, no LWS inside t
 status code), that every header line is ``token: value``, and Content-Length against the body (RFC 3261
 18.3). Header values are parsed when first read; ``validate_request_untrusted`` reads the ones a proxy
 needs on arrival.
+
+Two paths, one result: the everyday message (CRLF lines, no folding, header names seen before) is taken
+with a few whole-head scans (splitlines, one findall for the names, the name cache); any other input goes
+to ``_parse_general``, which makes each check on its own. A message parses the same by either path (a
+property test holds them to that).
 """
 
 from __future__ import annotations
@@ -23,13 +28,46 @@ _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _FOLD_RE = re.compile(r"\n[ \t]")
 _NAMES_RE = re.compile(r"\n([^:\n]*+):")
 _CRLF_BYTES = (13, 10)
+_new = object.__new__
+_KEY_OF = _KEY_CACHE.__getitem__
+_FAST_NAMES_RE = re.compile(r"\r\n([^:]*+):")
+# What str.splitlines breaks at.
+_LINE_BREAKS = "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
 
 
 def parse_message_untrusted(data: bytes) -> Request | Response:
     """Parse one datagram or one framed stream message; raises only SIPError (with the status to answer)."""
+    # The common case in one pass of cheap C-level scans: a CRLF head without folding, bare CR/LF or
+    # oversized lines, every header name already known. Anything else, or any doubt, goes to _parse_general,
+    # which makes every check itself; both end in _finish, so a message parses the same either way.
     try:
-        return _parse(data)
+        if len(data) > MAX_MESSAGE_SIZE:
+            raise SIPError(413, "Message Too Large")
+        head_bytes, sep, body = data.partition(b"\r\n\r\n")
+        if sep and data[0] not in _CRLF_BYTES:
+            head = head_bytes.decode("utf-8", "surrogateescape")
+            # splitlines breaks at CRLF, but also at a bare CR or LF (and at VT, FF...). Each header name follows
+            # a CRLF and ends at a colon; one name per line break means every break is a CRLF followed by a
+            # header line with a colon (RFC 3261 7: no bare CR or LF; 7.3: name HCOLON value). The head cannot
+            # end in CRLF; any other break at its very end is left to _parse_general.
+            lines = head.splitlines()
+            names = _FAST_NAMES_RE.findall(head)
+            if (
+                len(names) == len(lines) - 1
+                and len(names) <= MAX_HEADERS
+                and len(head) <= MAX_LINE_LENGTH
+                and head[-1] not in _LINE_BREAKS
+            ):
+                # Every name already known (so a token: never a blank-led continuation line, RFC 3261 7.3.1,
+                # nor anything spanning a line break); a KeyError leaves the rest to _parse_general.
+                try:
+                    keys = list(map(_KEY_OF, names))
+                except KeyError:
+                    pass
+                else:
+                    return _finish(data, lines, keys, body)
+        return _parse_general(data)
     except SIPError:
         raise
     except Exception:  # the contract: nothing but SIPError ever leaves the parser
@@ -54,35 +92,6 @@ def _unfold(lines: list[str]) -> list[str]:
             group[0] = group[0].rstrip(" \t")
             out.append(" ".join(part for part in group if part))
     return out
-
-
-def _parse(data: bytes) -> Request | Response:
-    # The common case in one pass of cheap C-level scans: a CRLF head without folding, bare CR/LF or
-    # oversized lines, every header name already known. Anything else, or any doubt, goes to _parse_general,
-    # which makes every check itself; both end in _finish, so a message parses the same either way.
-    if len(data) > MAX_MESSAGE_SIZE:
-        raise SIPError(413, "Message Too Large")
-    head_bytes, sep, body = data.partition(b"\r\n\r\n")
-    if sep and data[0] not in _CRLF_BYTES:
-        head = head_bytes.decode("utf-8", "surrogateescape")
-        lines = head.split("\r\n")
-        n = len(lines) - 1
-        # One name per line after the start line: each has a colon. Every LF belongs to a CRLF and so does
-        # every CR (RFC 3261 7: no bare CR or LF).
-        names = _NAMES_RE.findall(head)
-        if (
-            len(names) == n
-            and n <= MAX_HEADERS
-            and len(head) <= MAX_LINE_LENGTH
-            and head.count("\n") == n
-            and head.count("\r") == n
-        ):
-            keys = list(map(_KEY_CACHE.get, names))
-            # A name not in the cache is new, or not a token; a folded line (RFC 3261 7.3.1) shows up here
-            # too, as a name starting with a blank or as a line without a colon (counted above).
-            if None not in keys:
-                return _finish(data, lines, keys, body)  # type: ignore[arg-type]  # no None left
-    return _parse_general(data)
 
 
 def _parse_general(data: bytes) -> Request | Response:
@@ -151,15 +160,15 @@ def _finish(data: bytes, lines: list[str], keys: list[str], body: bytes) -> Requ
         msg = _status_line(start)
     else:
         # RFC 3261 7.1: Request-Line = Method SP Request-URI SP SIP-Version CRLF (single SPs, no other LWS).
-        parts = start.split(" ")
-        if len(parts) != 3:
-            raise SIPError(400, "Bad Request-Line")
-        method, uri, version = parts
+        try:
+            method, uri, version = start.split(" ")
+        except ValueError:
+            raise SIPError(400, "Bad Request-Line") from None
         if method not in COMMON_METHODS and not _METHOD_RE.fullmatch(method):
             raise SIPError(400, "Bad Method")
         if not uri or "\t" in uri:
             raise SIPError(400, "Bad Request-URI")
-        msg = req = Request.__new__(Request)
+        msg = req = _new(Request)
         req.method = method
         req._uri = None
         req._uri_text = uri
@@ -175,7 +184,7 @@ def _finish(data: bytes, lines: list[str], keys: list[str], body: bytes) -> Requ
     try:
         i = keys.index("content-length")
     except ValueError:
-        pass
+        msg._clen_ok = None
     else:
         value = lines[i]
         value = value[value.index(":") + 1 :].strip(" \t")
@@ -187,6 +196,8 @@ def _finish(data: bytes, lines: list[str], keys: list[str], body: bytes) -> Requ
                 raise SIPError(400, "Content-Length Larger Than Body")
             data = data[: len(data) - len(body) + length]
             body = body[:length]
+        # Written without leading zeros, the line is what a rebuild would write.
+        msg._clen_ok = body if value[0] != "0" or value == "0" else None
     msg.body = body
     msg._raw = data
     return msg
@@ -208,7 +219,7 @@ def _status_line(start: str) -> Response:
     code, _, reason = rest.partition(" ")
     if len(code) != 3 or not code.isdigit() or not code.isascii() or not "100" <= code <= "699":
         raise SIPError(400, "Bad Status Code")
-    resp = Response.__new__(Response)
+    resp = _new(Response)
     resp.version = _version(version)
     resp.status = int(code)
     resp.reason = reason

@@ -20,6 +20,14 @@ _VIA_RE = re.compile(
     rf"((?:{PARAM_NC})*+)[ \t]*+",
     re.S,
 )
+# The everyday shape, one regex pass: SIP/2.0, no blanks inside, the branch as the first parameter, token
+# parameter values. It accepts a subset of _VIA_RE and splits it into the same groups; the rest goes there.
+_VIA_COMMON_RE = re.compile(
+    r"[ \t]*+SIP/2\.0/([A-Z]++)[ \t]++([A-Za-z0-9\-.]++)(?::([0-9]{1,5}))?+"
+    r"(;branch=([A-Za-z0-9\-.!%*_+`'~:\[\]]++)(?:;[A-Za-z0-9\-.!%*_+`'~]++(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]++)?+)*+)"
+    r"[ \t]*+"
+)
+_VIA_LINE_RE = re.compile("[^:]*+:" + _VIA_COMMON_RE.pattern)
 # Methods seen every day skip the token regex.
 COMMON_METHODS = frozenset(
     ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE",
@@ -30,7 +38,8 @@ _DISPLAY_TOKENS_RE = re.compile(rf"{_TOKEN}(?:[ \t]+{_TOKEN})*")
 _QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
 
 
-_new_via = object.__new__
+# Typed values built by their parsers skip __init__ (every slot is set there).
+_new = object.__new__
 
 
 class Via:
@@ -40,13 +49,14 @@ class Via:
     transaction key only needs ``branch``, which is found without building the dict.
     """
 
-    __slots__ = ("_params", "_ptext", "host", "port", "transport")
+    __slots__ = ("_branch", "_params", "_ptext", "host", "port", "transport")
 
     transport: str
     host: str
     port: int | None
     _params: dict[str, str | None] | None
     _ptext: str
+    _branch: str | None  # found by the parser in _ptext; meaningful while _params is None
 
     def __init__(
         self, transport: str, host: str, port: int | None = None, params: dict[str, str | None] | None = None
@@ -56,17 +66,43 @@ class Via:
         self.port = port
         self._params = params if params is not None else {}
         self._ptext = ""
+        self._branch = None
 
     @classmethod
     def parse_untrusted(cls, value: str) -> Via:
         """Parse one Via value; SIPError 400 when malformed."""
-        m = _VIA_RE.fullmatch(value)
+        return cls._parse_from(value, 0)
+
+    @classmethod
+    def _parse_from(cls, value: str, pos: int) -> Via:
+        # The value starts at ``pos``; ``pos`` -1: ``value`` is a whole header line holding one Via value,
+        # parsed in place (its name never holds a colon).
+        m = _VIA_COMMON_RE.fullmatch(value, pos) if pos >= 0 else _VIA_LINE_RE.fullmatch(value)
+        if m is not None:
+            transport, host, port, params, branch = m.groups()
+            via = _new(cls)
+            via.transport = transport
+            via.host = host
+            if port is None:
+                via.port = None
+            else:
+                p = int(port)
+                if p > 65535:
+                    raise SIPError(400, "Bad Via Port")
+                via.port = p
+            via._params = None
+            via._ptext = params
+            via._branch = branch
+            return via
+        if pos < 0:
+            pos = value.index(":") + 1
+        m = _VIA_RE.fullmatch(value, pos)
         if m is None:
             raise SIPError(400, "Bad Via")
         name, version, transport, host, port, params = m.groups()
         if version != "2.0" or (name != "SIP" and name.upper() != "SIP"):
             raise SIPError(400, "Bad Via Protocol")
-        via = _new_via(cls)
+        via = _new(cls)
         if host[0] == "[":
             host = host[1:-1]
             if not valid_ipv6(host):
@@ -82,6 +118,7 @@ class Via:
             via.port = p
         via._params = None
         via._ptext = params  # validated by the regex; parsed on first read
+        via._branch = None
         return via
 
     @property
@@ -130,6 +167,9 @@ class Via:
     def branch(self) -> str | None:
         """The branch parameter."""
         if self._params is None:
+            branch = self._branch
+            if branch is not None:
+                return branch
             text = self._ptext
             i = text.find(";branch=")
             if i >= 0 and '"' not in text and " " not in text and "\t" not in text:
@@ -289,18 +329,22 @@ class CSeq:
     @classmethod
     def parse_untrusted(cls, value: str) -> CSeq:
         """Parse a CSeq value; SIPError 400 when malformed."""
-        parts = value.split()
-        if len(parts) != 2:
-            raise SIPError(400, "Bad CSeq")
-        seq_text, method = parts
-        if not seq_text.isdigit() or not seq_text.isascii() or len(seq_text) > 10:
+        try:
+            seq_text, method = value.split()
+        except ValueError:
+            raise SIPError(400, "Bad CSeq") from None
+        # RFC 3261 20.16: the sequence number is below 2**31 (at most 10 digits).
+        if not seq_text.isdigit() or len(seq_text) > 10 or not seq_text.isascii():
             raise SIPError(400, "Bad CSeq")
         seq = int(seq_text)
-        if seq >= 2**31:
+        if seq >= 2147483648:
             raise SIPError(400, "Bad CSeq")
         if method not in COMMON_METHODS and not _TOKEN_RE.fullmatch(method):
             raise SIPError(400, "Bad CSeq Method")
-        return cls(seq, method)
+        cseq = _new(cls)
+        cseq.seq = seq
+        cseq.method = method
+        return cseq
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
