@@ -104,6 +104,7 @@ class ProxySection:
     udp_queue: int = 4096  # received messages waiting for the dispatcher; beyond it UDP drops and counts
     tcp_idle_timeout: float = 300.0
     drain_time: float = 30.0  # on SIGTERM: seconds to let requests in flight finish before exiting
+    gc_full_interval: float = 600.0  # seconds between full garbage collections (0: never); see server.tune_gc
 
 
 @dataclass(frozen=True, slots=True)

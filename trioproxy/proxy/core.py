@@ -420,7 +420,6 @@ class Proxy:
             if ctx is not None:
                 self.active.discard(ctx)
                 ctx.note("end", status=ctx.final_status)
-                ctx.release()
                 log.info(
                     "%s %s branches=%d status=%s %.1fms",
                     request.method,
@@ -429,6 +428,7 @@ class Proxy:
                     ctx.final_status,
                     (time.monotonic() - started) * 1000,
                 )
+                ctx.release()
 
     def _keep_trace(self, ctx: RequestContext) -> None:
         req = ctx.original
@@ -484,7 +484,10 @@ class Proxy:
             ctx.stateless = True
             ctx.in_dialog = request.to.tag is not None
             self._keep_trace(ctx)
-            await self.router.on_request(ctx)
+            try:
+                await self.router.on_request(ctx)
+            finally:
+                ctx.release()
         except SIPError as exc:
             log.info("dropping a bad %s: %s", request.method, exc.reason)
         except Exception as exc:
