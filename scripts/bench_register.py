@@ -24,10 +24,8 @@ import argparse
 import contextlib
 import csv
 import json
-import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -39,10 +37,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from trioproxy.testing.processes import cpu_seconds, free_port
+from trioproxy.testing.processes import stop_process as stop
+
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "tests" / "e2e" / "scenarios"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 20.0
 
 
@@ -68,33 +68,10 @@ class Result:
 # -- processes ----------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A loopback port free for UDP and TCP both."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """SIGTERM the process by its PID, SIGKILL it after ``timeout`` s."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)
+
+
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -112,11 +89,6 @@ def udp_bound(port: int) -> bool:
         return any(len(p) > 1 and p[1] == want for p in (line.split() for line in f.readlines()[1:]))
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (fields 14 and 15 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 @contextlib.contextmanager

@@ -16,12 +16,9 @@ assertion message carries the proxy's log and each SIPp's error log and message 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from trioproxy.testing.processes import free_port, port_is_bound, stop_process
 
 __all__ = [
     "CORE",
@@ -62,45 +61,13 @@ CORE: dict[str, Any] = {"script": "none", "settings": {"registrar": {"enabled": 
 # -- ports and processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A loopback port free for UDP and TCP both at the time of the call."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free loopback port for UDP and TCP")
 
 
-def port_is_bound(port: int, transport: str) -> bool:
-    """Whether some socket is bound to 127.0.0.1:port (TCP: listening), from /proc/net (no bind race)."""
-    table = "/proc/net/udp" if transport == "udp" else "/proc/net/tcp"
-    want = f"0100007F:{port:04X}"
-    with open(table) as f:
-        for line in f.readlines()[1:]:
-            parts = line.split()
-            if len(parts) > 3 and parts[1] == want and (transport == "udp" or parts[3] == "0A"):
-                return True
-    return False
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """SIGTERM the process by its PID, then SIGKILL it if it has not exited within ``timeout``."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)
+
+
+
 
 
 def _tail(path: Path, limit: int = 6000) -> str:
