@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import pytest
 import trio
 import trio.lowlevel
 import trio.testing
 
+from tests.unit.transport_support import TIMEOUT, flow_of, needs_ipv6, serving, source_of
 from trioproxy.sip import (
     Address,
     Keepalive,
-    Message,
     Request,
     Response,
     StreamFramer,
@@ -28,25 +27,8 @@ from trioproxy.transport import (
     Malformed,
     TransportConfig,
     TransportError,
-    Transports,
     stamp_via,
 )
-
-TIMEOUT = 10  # seconds, absolute bound for every test
-
-
-def _ipv6_loopback_works() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 loopback on this machine")
 
 
 def request(
@@ -67,16 +49,6 @@ def request(
     return head.encode() + body
 
 
-def flow_of(msg: Message) -> Flow:
-    assert isinstance(msg.flow, Flow)
-    return msg.flow
-
-
-def source_of(msg: Message) -> Address:
-    assert msg.source is not None
-    return msg.source
-
-
 @pytest.fixture
 def patient_clock() -> trio.testing.MockClock:
     """Virtual time that jumps only after 50 ms of real idleness, so loopback data in flight lands first."""
@@ -91,15 +63,6 @@ async def settle(predicate: Callable[[], bool]) -> None:
             return
         await trio.sleep(0.01)
     raise AssertionError("condition not reached")
-
-
-@asynccontextmanager
-async def serving(listens: list[Listen], config: TransportConfig | None = None) -> AsyncIterator[Transports]:
-    transports = Transports(listens, config)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(transports.serve)
-        yield transports
-        nursery.cancel_scope.cancel()
 
 
 class Peer:
