@@ -43,6 +43,9 @@ class Services:
     ) -> int:
         return 1
 
+    async def trying(self, state: RequestState) -> None:
+        return None
+
     async def relay(self, state: RequestState) -> int:
         return 1
 

@@ -1,4 +1,5 @@
-"""The ``trioproxy`` command line: ``run``, ``config``, ``parse``."""
+"""The ``trioproxy`` command line: ``run``, ``config``, ``check``, ``test``, ``ctl``, ``reload``, ``user``,
+``address``, ``parse``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import trio
 
 from trioproxy import __version__
+from trioproxy.cli_operator import add_operator_commands, operator_main
 from trioproxy.config import ConfigError, dump_config, load_config, parse_listen
+from trioproxy.db import SchemaError
 from trioproxy.logsetup import setup_logging
 from trioproxy.mgmt import add_ctl_arguments, ctl_main
 from trioproxy.routing import ScriptError
@@ -63,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="location service: memory:, sqlite:///PATH/location.db or redis://HOST:PORT/DB",
     )
+    run.add_argument(
+        "--db",
+        metavar="URL",
+        help="operator tables (subscribers, address groups): sqlite:///PATH (see trioproxy user/address)",
+    )
     run.add_argument("--timer-t1", type=float, metavar="SECONDS", help="RFC 3261 T1 (default 0.5)")
     run.add_argument("--timer-c", type=float, metavar="SECONDS", help="proxy INVITE Timer C (default 180)")
 
@@ -90,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     reload.add_argument("--token", help="bearer token")
     reload.add_argument("--json", action="store_true", help="print the JSON answer")
     reload.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+
+    add_operator_commands(sub)
 
     parse = sub.add_parser("parse", help="parse a SIP message (a file, or a sample) and print what was read")
     parse.add_argument("file", nargs="?", help="file holding one SIP message (default: a sample INVITE)")
@@ -120,6 +130,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         out["location"] = {"url": args.location}
     if args.nameserver:
         out["dns"] = {"nameservers": list(args.nameserver)}
+    if args.db:
+        out["db"] = {"url": args.db}
     timers: dict[str, Any] = {}
     if args.timer_t1:
         timers["t1"] = args.timer_t1
@@ -154,6 +166,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         trio.run(lambda: serve(config, announce=announce))
     except ScriptError as exc:
         print(f"trioproxy: route script refused: {exc}", file=sys.stderr)
+        return 2
+    except SchemaError as exc:
+        print(f"trioproxy: operator database: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"trioproxy: cannot start: {exc}", file=sys.stderr)
@@ -245,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_test(args)
     if args.command == "ctl":
         return ctl_main(args)
+    if args.command in ("user", "address"):
+        return operator_main(args)
     if args.command == "reload":
         args.ctl_command = "reload"
         return ctl_main(args)

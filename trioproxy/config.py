@@ -156,6 +156,62 @@ class RegistrarSection:
 
 
 @dataclass(frozen=True, slots=True)
+class DbSection:
+    url: str = ""  # operator tables (subscribers, address groups): sqlite:///PATH; "" for none (docs/DB.md)
+    refresh_interval: float = 1.0  # seconds between checks for changes made while running
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSection:
+    nonce_expires: float = 300.0  # seconds a digest nonce is accepted; later ones get stale=true
+    secret: str = ""  # key signing the nonces (share it between instances); "" for a random one per start
+    nonce_count_memory: int = 100_000  # nonces whose last nonce-count is remembered (replay protection)
+    # Challenges offered, in this order, one header each (RFC 8760: SHA-256 first). Clients that answer only
+    # the first challenge and know only MD5 (SIPp 3.6) need MD5 first.
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+
+
+@dataclass(frozen=True, slots=True)
+class PikeSection:
+    # Flood protection (docs/LIMITS.md), Kamailio's pike: per-source request rate over a sliding window.
+    enabled: bool = False  # check every request at the ingress (else only KSR.pike.* calls count)
+    sampling_time_unit: float = 2.0  # seconds of the window
+    reqs_density_per_unit: int = 30  # requests per window beyond which a source floods
+    remove_latency: float = 120.0  # seconds after which an idle source is forgotten
+    block_time: float = 300.0  # seconds a flooding source stays blocked
+    action: str = "drop"  # what a blocked source's requests get: "drop" or "503" (with Retry-After)
+    trusted: tuple[str, ...] = ()  # CIDRs never counted or blocked
+    max_sources: int = 10_000  # sources tracked at once (the least recently seen evicted)
+    auth_failures: int = 0  # failed digest authentications within auth_window that block a source (0: off)
+    auth_window: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSection:
+    # Bounds on what peers may make the proxy hold (docs/LIMITS.md); 0 means no limit where noted.
+    udp_max_message_size: int = 65535  # bytes; larger datagrams are dropped unparsed
+    tcp_max_message_size: int = 65535  # bytes of one framed message (beyond: the connection closes)
+    max_headers: int = 128  # header lines per message (beyond: 400)
+    max_line_length: int = 8192  # characters per header line or start line (beyond: 400/414)
+    max_transactions: int = 0  # requests being handled at once (0: no limit); beyond: 503 + Retry-After
+    max_transactions_per_source: int = 0  # the same per source IP (0: no limit)
+    retry_after: int = 5  # seconds, in the 503 of the two limits above
+    tcp_max_connections: int = 10_000  # TCP connections at once (accepted and opened)
+    tcp_max_connections_per_source: int = 1000  # accepted TCP connections at once from one IP (0: no limit)
+    tcp_message_timeout: float = 20.0  # seconds a stream may hold an unfinished message (0: no limit)
+    max_breadth: int = 60  # RFC 5393: parallel branches when a request has no Max-Breadth (0: off)
+    ratelimit_interval: float = 10.0  # seconds of the window of KSR.pipelimit pipes
+
+
+@dataclass(frozen=True, slots=True)
+class HtableSection:
+    # [htable.NAME]: a KSR.htable table declared up front.
+    autoexpire: float = 0.0  # seconds an entry lives (0: forever)
+    updateexpire: bool = True  # a write restarts the entry's expiry (false: counters expire on time)
+    size: int = 100_000  # entries at most (the oldest dropped first)
+
+
+@dataclass(frozen=True, slots=True)
 class MgmtSection:
     listen: str = "127.0.0.1:9060"  # the management HTTP API (HOST:PORT); "" turns it off
     token: str = ""  # when set, requests need "Authorization: Bearer TOKEN"
@@ -177,6 +233,12 @@ class Config:
     registrar: RegistrarSection = field(default_factory=RegistrarSection)
     mgmt: MgmtSection = field(default_factory=MgmtSection)
     log: LogSection = field(default_factory=LogSection)
+    db: DbSection = field(default_factory=DbSection)
+    auth: AuthSection = field(default_factory=AuthSection)
+    pike: PikeSection = field(default_factory=PikeSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    # [htable.NAME] tables, by name (not a section of its own: see load_config).
+    htable: tuple[tuple[str, HtableSection], ...] = ()
 
     @property
     def listens(self) -> list[ListenSpec]:
@@ -304,9 +366,68 @@ def _check(config: Config, text: str | None, source: str | None) -> None:
         raise ConfigError("log.level", f"unknown level {config.log.level!r}", _line_of(text, "log.level"), source)
     if config.log.format not in ("text", "json"):
         raise ConfigError("log.format", "expected 'text' or 'json'", _line_of(text, "log.format"), source)
+    if config.db.url and not config.db.url.startswith("sqlite:"):
+        raise ConfigError("db.url", f"expected sqlite:///PATH, got {config.db.url!r}", _line_of(text, "db.url"), source)
+    for key, value in (("db.refresh_interval", config.db.refresh_interval), ("auth.nonce_expires", config.auth.nonce_expires),
+                       ("auth.nonce_count_memory", config.auth.nonce_count_memory)):
+        if value <= 0:
+            raise ConfigError(key, "must be positive", _line_of(text, key), source)
+    if not config.auth.algorithms or any(a not in ("SHA-256", "MD5") for a in config.auth.algorithms):
+        raise ConfigError("auth.algorithms", 'expected a list of "SHA-256" and/or "MD5"', _line_of(text, "auth.algorithms"), source)
+    _check_limits(config, text, source)
     for name in ("t1", "t2", "t4", "timer_c"):
         if getattr(config.timers, name) <= 0:
             raise ConfigError(f"timers.{name}", "must be positive", _line_of(text, f"timers.{name}"), source)
+
+
+def _check_limits(config: Config, text: str | None, source: str | None) -> None:
+    pike, limits = config.pike, config.limits
+    if pike.action not in ("drop", "503"):
+        raise ConfigError("pike.action", "expected 'drop' or '503'", _line_of(text, "pike.action"), source)
+    for i, cidr in enumerate(pike.trusted):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"pike.trusted[{i}]", f"expected a CIDR ({exc})", _line_of(text, "pike.trusted"), source) from None
+    positive = (
+        ("pike.sampling_time_unit", pike.sampling_time_unit), ("pike.reqs_density_per_unit", pike.reqs_density_per_unit),
+        ("pike.remove_latency", pike.remove_latency), ("pike.block_time", pike.block_time),
+        ("pike.max_sources", pike.max_sources), ("pike.auth_window", pike.auth_window),
+        ("limits.udp_max_message_size", limits.udp_max_message_size),
+        ("limits.tcp_max_message_size", limits.tcp_max_message_size), ("limits.max_headers", limits.max_headers),
+        ("limits.max_line_length", limits.max_line_length), ("limits.retry_after", limits.retry_after),
+        ("limits.tcp_max_connections", limits.tcp_max_connections),
+        ("limits.ratelimit_interval", limits.ratelimit_interval),
+    )  # fmt: skip
+    for key, value in positive:
+        if value <= 0:
+            raise ConfigError(key, "must be positive", _line_of(text, key), source)
+    not_negative = (
+        ("pike.auth_failures", pike.auth_failures), ("limits.max_transactions", limits.max_transactions),
+        ("limits.max_transactions_per_source", limits.max_transactions_per_source),
+        ("limits.tcp_max_connections_per_source", limits.tcp_max_connections_per_source),
+        ("limits.tcp_message_timeout", limits.tcp_message_timeout), ("limits.max_breadth", limits.max_breadth),
+    )  # fmt: skip
+    for key, value in not_negative:
+        if value < 0:
+            raise ConfigError(key, "must not be negative", _line_of(text, key), source)
+    if limits.udp_max_message_size > 65535:
+        raise ConfigError("limits.udp_max_message_size", "at most 65535", _line_of(text, "limits.udp_max_message_size"), source)
+    for name, table in config.htable:
+        if table.autoexpire < 0 or table.size <= 0:
+            key = f"htable.{name}"
+            raise ConfigError(key, "autoexpire must not be negative and size must be positive", _line_of(text, key), source)
+
+
+def _build_htables(data: Any, text: str | None, source: str | None) -> tuple[tuple[str, HtableSection], ...]:
+    if not isinstance(data, dict):
+        raise ConfigError("htable", "expected tables [htable.NAME]", _line_of(text, "htable"), source)
+    out: list[tuple[str, HtableSection]] = []
+    for name, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"htable.{name}", "expected a table", _line_of(text, f"htable.{name}"), source)
+        out.append((name, _build(HtableSection, values, f"htable.{name}.", text, source)))
+    return tuple(out)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
@@ -325,7 +446,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
         raise ConfigError("", f"TOML syntax: {exc}", None, source) from None
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
+    htables = _build_htables(data.pop("htable", {}), text, source)
     config: Config = _build(Config, data, "", text, source)
+    config = dataclasses.replace(config, htable=htables)
     _check(config, text, source)
     return config
 
@@ -335,6 +458,12 @@ def dump_config(config: Config) -> str:
     out: list[str] = []
     for f in dataclasses.fields(config):
         section = getattr(config, f.name)
+        if f.name == "htable":
+            for name, table in section:
+                out.append(f"[htable.{name}]")
+                out.extend(f"{sf.name} = {_toml_value(getattr(table, sf.name))}" for sf in dataclasses.fields(table))
+                out.append("")
+            continue
         out.append(f"[{f.name}]")
         for sf in dataclasses.fields(section):
             out.append(f"{sf.name} = {_toml_value(getattr(section, sf.name))}")

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -15,17 +15,20 @@ import watchfiles
 
 from trioproxy import sdnotify
 from trioproxy.config import Config, parse_hostport
+from trioproxy.faults import contain
 from trioproxy.locate import Blocklist, Locator, ResolverConfig
 from trioproxy.location import LocationStore, Registrar, RegistrarPolicy, open_store, run_purger
 from trioproxy.logsetup import trace_filter, trace_message
 from trioproxy.mgmt import MgmtServer
+from trioproxy.operator import OperatorRuntime
+from trioproxy.protection import Protection, build_htables, transport_config
 from trioproxy.proxy import LocationRouter, Proxy, Router, StaticRouter, Target
 from trioproxy.routing import ScriptError, ScriptHolder
 from trioproxy.routing.router import LuaRouter
 from trioproxy.service import LoopLag, ProxyMgmtApp, reload_script
 from trioproxy.sip import Request, Response, parse_uri_untrusted
 from trioproxy.transaction import Timers
-from trioproxy.transport import Listen, TransportConfig, Transports
+from trioproxy.transport import Listen, Transports
 
 __all__ = ["build_router", "serve"]
 
@@ -73,6 +76,8 @@ def build_locator(config: Config) -> Locator:
     return Locator(resolver_config, blocklist=blocklist)
 
 
+_BACKGROUND_RESTART_PAUSE = 1.0  # seconds before a background task that failed starts again
+
 DEFAULT_SCRIPT = Path(__file__).parent / "data" / "default.lua"
 
 
@@ -91,6 +96,7 @@ def build_holder(config: Config) -> ScriptHolder:
     holder = ScriptHolder(
         instruction_budget=config.routing.instruction_budget,
         memory_limit=config.routing.memory_limit_mb * 1024 * 1024,
+        htables=build_htables(config),
     )
     result = holder.reload(path)
     if not result.ok:
@@ -143,12 +149,12 @@ async def serve(
 ) -> None:
     """Run the proxy until SIGINT/SIGTERM (or cancellation)."""
     listens = [Listen(s.transport, s.host, s.port) for s in config.listens]
-    transports = Transports(
-        listens,
-        TransportConfig(incoming_capacity=config.proxy.udp_queue, idle_timeout=config.proxy.tcp_idle_timeout),
-    )
+    protection = Protection.start(config)
+    transports = Transports(listens, transport_config(config), gate=protection.gate)
     timers = Timers(t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4, timer_c=config.timers.timer_c)
     locator = build_locator(config)
+    operator = OperatorRuntime.start(config)
+    protection.watch_auth_failures(operator.service.failures)
     store = open_store(config.location.url)
     registrar = build_registrar(config, store)
     path = script_path(config)
@@ -163,21 +169,24 @@ async def serve(
         locate=locator.locate,
         blocklist=locator.blocklist,
     )
+    protection.apply(proxy, transports)
     tune_gc()
     lag = LoopLag()
     app = ProxyMgmtApp(proxy, transports, store, holder, locator, lag)
+    app.protection = protection
     proxy.tracer = _Tracer()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(transports.serve)
             await nursery.start(proxy.run)
-            nursery.start_soon(run_purger, store, config.location.purge_interval)
-            nursery.start_soon(lag.run)
+            nursery.start_soon(_background, "purger", run_purger, store, config.location.purge_interval)
+            nursery.start_soon(_background, "operator_tables", operator.run)
+            nursery.start_soon(_background, "loop_lag", lag.run)
             if config.proxy.gc_full_interval > 0:
-                nursery.start_soon(periodic_full_gc, config.proxy.gc_full_interval)
-            nursery.start_soon(app.refresh_counts)
+                nursery.start_soon(_background, "gc", periodic_full_gc, config.proxy.gc_full_interval)
+            nursery.start_soon(_background, "registration_counts", app.refresh_counts)
             if holder is not None and path is not None and config.routing.watch:
-                nursery.start_soon(watch_script, holder, str(path))
+                nursery.start_soon(_background, "script_watch", watch_script, holder, str(path))
             mgmt_url = None
             if config.mgmt.listen:
                 host, port = parse_hostport(config.mgmt.listen)
@@ -215,7 +224,21 @@ async def serve(
                 log.info("received %s, draining for at most %.0f s", name, config.proxy.drain_time)
                 sdnotify.stopping()
                 nursery.start_soon(drain_then_stop)
+    operator.close()
+    protection.close()
     await store.close()
+
+
+async def _background(where: str, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+    """The boundary of a background task (purger, metrics refresh, script watch...): a fault is logged and
+    counted and the task starts again after a pause; it never reaches the server's nursery."""
+    while True:
+        try:
+            await fn(*args)
+            return
+        except Exception as exc:
+            contain(where, exc)
+        await trio.sleep(_BACKGROUND_RESTART_PAUSE)
 
 
 class _Tracer:

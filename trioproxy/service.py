@@ -69,6 +69,7 @@ class ProxyMgmtApp:
         self.lag = lag
         self.started = time.time()
         self.registrations_count = {"aors": 0, "contacts": 0}
+        self.protection: Any = None  # trioproxy.protection.Protection: flood protection and limits
 
     async def refresh_counts(self, interval: float = 5.0) -> None:
         """Keep the registration counts of the metrics fresh."""
@@ -112,6 +113,8 @@ class ProxyMgmtApp:
                 ]
         if self.holder is not None:
             out["routing"] = self.holder.statistics()
+        if self.protection is not None:
+            out["pike"] = self.protection.stats()
         return out
 
     def metrics(self) -> Iterable[MetricFamily]:

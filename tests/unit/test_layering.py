@@ -1,6 +1,6 @@
 """The layers import downwards only, and the sans-IO layers import no I/O (docs/INTERNALS.md).
 
-Order: sip < transaction < transport, locate, location < proxy < routing < cli, config, server, mgmt.
+Order: faults, sip < transaction, auth < transport, locate, location, db < proxy < routing < cli, config, server, mgmt.
 """
 
 from __future__ import annotations
@@ -13,9 +13,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "trioproxy"
 
 LAYERS: dict[str, int] = {
+    "faults": 0,  # exception boundaries' logging and counting: every layer may use it; it imports nothing
     "sip": 0,
     "transaction": 1,
+    "auth": 1,
+    "flood": 1,  # flood protection and rate limits: sans-IO, time as an input
     "transport": 2,
+    "db": 2,
     "locate": 2,
     "location": 2,
     "proxy": 3,
@@ -26,7 +30,7 @@ LAYERS: dict[str, int] = {
     "mgmt": 5,
 }
 SHELL = 5  # anything not named above (trioproxy/__init__.py, __main__.py, new top-level modules)
-SANS_IO = ("sip", "transaction")
+SANS_IO = ("sip", "transaction", "auth", "flood")
 # Modules that do I/O or run an event loop: never in the sans-IO layers.
 IO_MODULES = {
     "trio", "trio_typing", "anyio", "asyncio", "socket", "ssl", "selectors", "select", "subprocess", "threading",

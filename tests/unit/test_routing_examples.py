@@ -46,7 +46,9 @@ async def test_default_invite_to_registered_user() -> None:
     assert r.ruri == "sip:bob@192.0.2.40:5062" and r.branches == []
     assert r.record_route and r.on_failure == "failure_next_contact" and r.on_branch == "branch_nat"
     assert r.headers["Max-Forwards"] == ["9"]
-    assert state.exited and state.force_rport
+    assert state.exited
+    via = state.req.top_via  # force_rport stamped the caller's Via that is forwarded
+    assert (via.params.get("received"), via.params.get("rport")) == ("192.0.2.10", "5060")
     assert [[t.uri for t in s] for s in state.contact_stages] == [["sip:bob@192.0.2.41"]]
 
 

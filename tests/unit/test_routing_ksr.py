@@ -248,23 +248,31 @@ async def test_maxfwd_zero_and_absent() -> None:
     assert absent.maxfwd_processed
 
 
-async def test_decisions_recorded_on_state() -> None:
-    state = make_state()
+async def test_force_rport_and_rr_preset_edit_the_messages() -> None:
+    # What reaches the wire is in test_ksr_wire.py; here: both the forwarded copy and the request the server
+    # transaction answers from get the stamped Via, and the preset Record-Route is on the forwarded copy.
+    state = make_state(via_host="192.0.2.10:5099", source=Address("udp", "192.0.2.10", 40000))
+    state.original = state.req.copy()
+    services = FakeServices()
     await ev(
         "1",
         state,
-        pre="KSR.rr.record_route() KSR.rr.add_rr_param(';nat=yes') KSR.tm.t_set_fr(30000, 4000)"
-        " KSR.tm.t_on_failure('f') KSR.tm.t_on_branch('b') KSR.tm.t_on_reply('r') KSR.force_rport()"
-        " KSR.tm.t_newtran() KSR.hdr.append_to_reply('X-R: 1\\r\\n')",
+        pre="KSR.force_rport() KSR.rr.record_route_preset('203.0.113.1:5060', 'sip:10.0.0.1;lr')"
+        " KSR.rr.add_rr_param(';nat=yes') KSR.tm.t_newtran()",
+        services=services,
     )
-    assert state.record_route and state.rr_params == [";nat=yes"]
-    assert (state.fr_inv_timeout, state.fr_timeout) == (30000, 4000)
-    assert (state.on_failure, state.on_branch, state.on_reply) == ("f", "b", "r")
-    assert state.force_rport and state.new_transaction
-    assert state.reply_headers == [("X-R", "1")]
-    preset = make_state()
-    await ev("1", preset, pre="KSR.rr.record_route_preset('203.0.113.1:5060', '10.0.0.1:5060')")
-    assert preset.record_route_preset == ["203.0.113.1:5060", "10.0.0.1:5060"]
+    for req in (state.req, state.original):
+        via = req.top_via
+        assert (via.host, via.port, via.params.get("received"), via.params.get("rport")) == (
+            "192.0.2.10", 5099, "192.0.2.10", "40000",
+        )  # fmt: skip
+    assert not state.original.has("Record-Route")
+    assert state.req.get_all("Record-Route") == [
+        "<sip:203.0.113.1:5060;lr;r2=on;nat=yes>",
+        "<sip:10.0.0.1;lr;r2=on;nat=yes>",
+    ]
+    assert services.tryings == 1  # t_newtran: the 100 Trying now
+    assert await ev("KSR.rr.record_route_preset('bad uri <')", make_state()) == "-1"
 
 
 async def test_loose_route_pops_own_route() -> None:
@@ -337,9 +345,8 @@ async def test_nat_fixes() -> None:
     alias = make_state(contact="<sip:alice@10.0.0.2:5062>", source=Address("tcp", "198.51.100.4", 40000))
     assert await ev("KSR.nathelper.set_contact_alias()", alias) == "1"
     assert alias.req.get("Contact") == "<sip:alice@10.0.0.2:5062;alias=198.51.100.4~40000~2>"
-    reg = make_state("REGISTER", "sip:proxy.example.com", source=Address("udp", "198.51.100.4", 40000))
-    assert await ev("KSR.nathelper.fix_nated_register()", reg) == "1"
-    assert reg.received_uri == "sip:198.51.100.4:40000;transport=udp"
+    # fix_nated_register: test_ksr_wire.py::test_fix_nated_register (the call goes to the REGISTER's source).
+    assert await ev("KSR.nathelper.fix_nated_register()", make_state()) == "-1"  # only for a REGISTER
 
 
 async def test_handle_ruri_alias() -> None:

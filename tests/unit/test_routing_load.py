@@ -67,13 +67,13 @@ def test_unknown_modules_are_warnings_and_nil_at_run_time() -> None:
     script = load(
         "function ksr_request_route()\n"
         "  if KSR.rtpproxy then KSR.rtpproxy.rtpproxy_manage() end\n"
-        "  if KSR.auth ~= nil then return 5 end\n"
+        "  if KSR.sdpops ~= nil then return 5 end\n"
         "  return 2\n"
         "end"
     )
     assert script.warnings == [
         "test.lua:2: module KSR.rtpproxy is not provided (nil at run time)",
-        "test.lua:3: module KSR.auth is not provided (nil at run time)",
+        "test.lua:3: module KSR.sdpops is not provided (nil at run time)",
     ]
 
 

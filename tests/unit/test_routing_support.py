@@ -94,6 +94,7 @@ class FakeServices:
     replies: list[tuple[int, str, list[tuple[str, str]]]] = field(default_factory=list)
     relays: list[Relayed] = field(default_factory=list)
     fail_lookup: bool = False
+    tryings: int = 0  # RouteServices.trying calls (the automatic 100 of an INVITE)
 
     async def send_reply(
         self, state: RequestState, status: int, reason: str, headers: Sequence[tuple[str, str]]
@@ -117,6 +118,9 @@ class FakeServices:
             )
         )
         return self.relay_rc
+
+    async def trying(self, state: RequestState) -> None:
+        self.tryings += 1
 
     async def check_trans(self, state: RequestState) -> int:
         self.calls.append(("check_trans", state.method))

@@ -7,16 +7,17 @@ registry is scraped (``generate_latest``), so values are live and nothing is kep
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
 from trioproxy import __version__
+from trioproxy.faults import INTERNAL_ERRORS
 from trioproxy.mgmt.app import MetricFamily, MgmtApp
 
-__all__ = ["METRICS_CONTENT_TYPE", "AppCollector", "build_registry", "render_metrics"]
+__all__ = ["METRICS_CONTENT_TYPE", "AppCollector", "add_metric_source", "build_registry", "render_metrics"]
 
 log = logging.getLogger("trioproxy.mgmt")
 
@@ -37,6 +38,22 @@ def to_prometheus(family: MetricFamily) -> Metric:
     return metric
 
 
+MetricSource = Callable[[], Iterable[MetricFamily]]
+_SOURCES: list[MetricSource] = []
+
+
+def add_metric_source(source: MetricSource) -> Callable[[], None]:
+    """Add families from outside the ``MgmtApp`` (authentication failures...) to every scrape; returns the
+    function that removes the source again."""
+    _SOURCES.append(source)
+
+    def remove() -> None:
+        if source in _SOURCES:
+            _SOURCES.remove(source)
+
+    return remove
+
+
 class AppCollector:
     """A prometheus_client collector reading ``app.metrics()`` at each scrape."""
 
@@ -49,6 +66,22 @@ class AppCollector:
         yield info
         for family in self._app.metrics():
             yield to_prometheus(family)
+        for source in list(_SOURCES):
+            for family in source():
+                yield to_prometheus(family)
+        yield internal_errors_metric()
+
+
+def internal_errors_metric() -> Metric:
+    """``trioproxy_internal_errors_total{where=...}``: unexpected exceptions stopped at a boundary."""
+    metric = Metric(
+        "trioproxy_internal_errors",
+        "Unexpected exceptions contained by an exception boundary (logged with a traceback), by where",
+        "counter",
+    )
+    for where, count in sorted(INTERNAL_ERRORS.snapshot().items()):
+        metric.add_sample("trioproxy_internal_errors_total", {"where": where}, float(count))
+    return metric
 
 
 def build_registry(app: MgmtApp, *, process_metrics: bool = True) -> CollectorRegistry:

@@ -11,6 +11,9 @@ The head is bounded by ``max_head`` bytes (431), the body by ``max_body`` (413),
 connections by ``max_connections`` (beyond it a new connection is closed at once) and the number of requests
 of one connection by ``max_requests``.
 
+Each connection task and each request's handling is an exception boundary (``trioproxy.faults``): a fault is
+logged and counted, the request is answered 500 and the connection closed; the server goes on.
+
 With a ``token``, every request needs ``Authorization: Bearer <token>`` (compared in constant time) or is
 answered 401. The server listens on loopback by default; exposing it elsewhere without a token is unwise.
 """
@@ -24,6 +27,7 @@ from typing import Any
 import h11
 import trio
 
+from trioproxy.faults import contain
 from trioproxy.mgmt.app import MgmtApp
 from trioproxy.mgmt.routes import Endpoints, Reply
 
@@ -97,6 +101,8 @@ class MgmtServer:
             await self._requests(stream, h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head))
         except _Abort:
             pass
+        except Exception as exc:  # boundary of a connection task: it closes, the server goes on
+            contain("mgmt_connection", exc)
         finally:
             self.connections -= 1
             with trio.move_on_after(1) as scope:
@@ -122,7 +128,11 @@ class MgmtServer:
             else:
                 method, target = received
                 log.debug("management request %s %s", method, target)
-                reply, keep = await self.endpoints.dispatch(method, target), True
+                try:
+                    reply, keep = await self.endpoints.dispatch(method, target), True
+                except Exception as exc:  # boundary of one management request: answered 500
+                    contain("mgmt", exc, detail=f"{method} {target}")
+                    reply, keep = Reply.error(500, "internal error (see the proxy's log)"), False
             with trio.move_on_after(self.timeout) as scope:
                 await self._send(stream, conn, reply, close=not keep)
             if scope.cancelled_caught or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

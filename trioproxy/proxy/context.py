@@ -9,6 +9,14 @@ Each stage runs in a nursery owned by the request task, one task per branch, eac
 of the stage: then the router's failure hook may add the next stage (serial forking), and finally the best
 response goes upstream (16.7 step 6).
 
+Exactly one final response per request: whatever the router's hooks do (answer, relay again, raise, drop),
+the request task ends by sending the best response unless a final already went (a 2xx, the router's own
+reply); the router's explicit drop in its request hook is the one way to send none. The failure hook runs
+after every stage that sent a branch and got no 2xx, as Kamailio's failure_route does, also after the
+caller's CANCEL or a 6xx, where a relay makes no new branch (16.10, 16.7 step 5). Every response goes
+upstream with the Vias of the request as the caller sent it (the server transaction's request), never of a
+working copy or of what a callee echoed.
+
 Stopping a branch (first 2xx, a 6xx, the caller's CANCEL, Timer C) is cancelling its scope. The branch then
 runs its own shielded, time-bounded cleanup: it waits for a provisional if none came yet (RFC 3261 9.1),
 sends a CANCEL, and absorbs the 487, still passing up a late 2xx. Nothing of a request outlives its task.
@@ -43,6 +51,7 @@ from trioproxy.sip import (
     reason_phrase,
 )
 from trioproxy.transaction import ClientTransaction, ServerTransaction
+from trioproxy.transport import TransportError
 
 if TYPE_CHECKING:
     from trioproxy.proxy.core import Proxy
@@ -120,6 +129,7 @@ class RequestContext:
     fr_inv_timeout: float | None = None  # Kamailio's fr_inv_timer: ring time after a provisional (Timer C)
     to_tag: str = ""
     canceled: bool = False
+    trying_sent: bool = False  # the automatic 100 Trying of an INVITE went upstream
     rc: ResponseContext = field(init=False)
     branches: list[Branch] = field(default_factory=list)
     pending_stage: list[Target] | None = None
@@ -127,6 +137,9 @@ class RequestContext:
     started: float = field(default_factory=time.monotonic)
     final_status: int | None = None
     stages_run: int = 0
+    stage_sent: int = 0  # branches of the last stage that passed the branch hook
+    branches_sent: int = 0  # branches of every stage that passed the branch hook
+    branch_breadth: int | None = None  # RFC 5393: the Max-Breadth each branch of this stage carries
 
     def __post_init__(self) -> None:
         self.rc = ResponseContext(is_invite=self.original.method == "INVITE")
@@ -157,6 +170,7 @@ class RequestContext:
         if status >= 200:
             self.rc.final_sent = True
             self.final_status = status
+            self.cancel_branches()  # the answer is given: stop what still rings
         await self.proxy.respond(self, resp)
         return True
 
@@ -167,8 +181,21 @@ class RequestContext:
         if response.status >= 200:
             self.rc.final_sent = True
             self.final_status = response.status
+            self.cancel_branches()
         await self.proxy.respond(self, response)
         return True
+
+    async def send_trying(self) -> None:
+        """The automatic 100 Trying of an INVITE (RFC 3261 16.2, 17.2.1), at most once, never after a final.
+
+        The proxy calls it before a router that does not defer it runs, and otherwise when the route first
+        waits or ends, so that what the route did to the request (``force_rport`` stamping the top Via)
+        decides where the 100 goes.
+        """
+        if self.trying_sent or self.stateless or self.rc.final_sent or self.original.method != "INVITE":
+            return
+        self.trying_sent = True
+        await self.proxy.respond(self, make_response(self.original, 100, "Trying"))
 
     async def relay(self, targets: Sequence[Target] | None = None) -> int:
         """Fork to ``targets`` (default: the Request-URI). Kamailio-style result: 1 ok, negative refused.
@@ -193,7 +220,8 @@ class RequestContext:
 
     @property
     def best_response(self) -> Response | None:
-        return self.rc.best()
+        """The response that would go upstream now (a 487 after the caller's CANCEL; None: none stored)."""
+        return self.rc.best(canceled=self.canceled)
 
     def cancel_branches(self, *, except_branch: Branch | None = None) -> None:
         for b in self.stage_branches:
@@ -208,29 +236,42 @@ class RequestContext:
     # -- the request task --------------------------------------------------------------------------------
 
     async def run_stages(self) -> None:
-        """Run the stages the router asked for, then send the best final response (16.7 step 6)."""
-        router = self.proxy.router
-        while True:
-            if self.pending_stage:
-                targets, self.pending_stage = self.pending_stage, None
-                await self._run_stage(targets)
-            if self.rc.final_sent:
-                return
-            if self.rc.may_branch and not self.canceled and self.stages_run:
-                await router.on_failure(self)
-                if self.pending_stage:
-                    continue
-            break
-        if self.rc.final_sent:
-            return
-        await self.send_best()
+        """Run the stages the router asked for, then send the one final response (16.7 step 6).
+
+        After a stage that sent a branch and got no 2xx the failure hook runs; it may reply (that is the
+        final), relay again (a new stage, refused after a CANCEL or a 6xx), or return. A hook that raises
+        is logged and its relay discarded; the best response still goes upstream.
+        """
+        while not self.rc.final_sent:
+            targets, self.pending_stage = self.pending_stage, None
+            if not targets:
+                break
+            await self._run_stage(targets)
+            if self.rc.final_sent or not self.stage_sent:
+                break  # a 2xx went up, or no branch left (all dropped, or cancelled before they started)
+            await self._failure_hook()
+        self.pending_stage = None
+        if not self.rc.final_sent:
+            await self.send_best()
+
+    async def _failure_hook(self) -> None:
+        try:
+            await self.proxy.router.on_failure(self)
+        except Exception as exc:  # a router fault: its decisions are void, the best response goes up
+            log.error("failure route error for %s %s: %r", self.original.method, self.original.uri, exc)
+            self.note("failure_error", error=repr(exc)[:200])
+            self.pending_stage = None
 
     async def send_best(self) -> None:
-        best = self.rc.best()
+        best = self.rc.best(canceled=self.canceled)
         self.note("best", status=None if best is None else best.status)
         invite = self.original.method == "INVITE"
         if best is None and self.canceled:
             await self.reply(487, "Request Terminated")
+            return
+        if best is None and not self.branches_sent:
+            # Every branch was dropped by the router's branch hook: nothing went downstream to time out.
+            await self.reply(500, "Server Internal Error", (("Warning", '399 trioproxy "no branch was sent"'),))
             return
         if not invite and (best is None or best.status == 408):
             # RFC 4320: a stateful element never sends 408 to a non-INVITE; the client times out itself.
@@ -256,9 +297,18 @@ class RequestContext:
         await self.proxy.respond(self, best)
 
     async def _run_stage(self, targets: Sequence[Target]) -> None:
+        breadth = max_breadth_of(self.original, getattr(self.proxy, "max_breadth", 0))
+        if breadth is not None:
+            # RFC 5393 5.3: the stage's parallel branches share the breadth; more than it allows: 440.
+            if len(targets) > breadth:
+                self.note("max_breadth", targets=len(targets), breadth=breadth)
+                await self.reply(440, "Max-Breadth Exceeded")
+                return
+            self.branch_breadth = breadth // len(targets)
         self.stages_run += 1
         self.stage_branches = []
         self.stage_timeout = self.stage_replied = False
+        self.stage_sent = 0
         async with trio.open_nursery() as nursery:
             for target in targets:
                 if not self.rc.may_branch or self.canceled:
@@ -278,7 +328,10 @@ class RequestContext:
         timer_c_fired = False
         try:
             with scope:
-                timer_c_fired = await self._branch_body(branch)
+                try:
+                    timer_c_fired = await self._branch_body(branch)
+                except Exception as exc:  # the branch task's boundary (Proxy.branch_failed): a local 500
+                    await self.proxy.branch_failed(self, branch, exc)
             if timer_c_fired:
                 self.stage_timeout = True
             if (scope.cancelled_caught or timer_c_fired) and branch.final is None and branch.txn is not None:
@@ -301,9 +354,14 @@ class RequestContext:
         base_req, hop = prepare_branch(
             self.request, target.uri.copy(), path=target.path, max_forwards=self.decrement_max_forwards
         )
+        if self.branch_breadth is not None:
+            base_req.set("Max-Breadth", str(self.branch_breadth))
         branch.request = base_req
         if not await proxy.router.on_branch(self, branch):
+            self.note("branch_dropped", index=branch.index)
             return False
+        self.stage_sent += 1
+        self.branches_sent += 1
         base_req = branch.request
         if target.dst is not None:
             hop = target.dst
@@ -321,8 +379,19 @@ class RequestContext:
             # No server for the name (RFC 3263 4.4 found nothing): the answer Kamailio users know.
             await self.on_response(branch, self.local_response(478, "Unresolvable Destination"), local=True)
             return False
-        for i, dest in enumerate(dests):
-            local = proxy.local_address(dest)
+        # Only addresses one of our listeners can send to (an IPv6 next hop needs an IPv6 listener of its
+        # transport); none left is a transport error on this branch (RFC 3261 16.9: as if a 503).
+        usable: list[tuple[Address, Address]] = []
+        for dest in dests:
+            try:
+                usable.append((dest, proxy.local_address(dest)))
+            except TransportError as exc:
+                log.info("cannot send to %s: %s", dest, exc)
+        if not usable:
+            await self.on_response(branch, self.local_response(503, "No Suitable Transport"), local=True)
+            return False
+        dests = [dest for dest, _local in usable]
+        for i, (dest, local) in enumerate(usable):
             req = base_req.copy()
             if self.record_route:
                 for value in reversed(record_route_values(self.inbound, local, self.record_route_params)):
@@ -411,8 +480,9 @@ class RequestContext:
             self.note("response", index=branch.index, status=response.status, local=local)
         if not local:
             response.pop_first("Via")  # 16.7 step 3: remove the topmost Via, ours
-            if not await self.proxy.router.on_response(self, branch, response):
+            if not await self._reply_hook(branch, response):
                 return
+            self._caller_vias(response)
         disposition = self.rc.classify(response)
         if disposition in (Disposition.FORWARD, Disposition.FORWARD_AND_CANCEL):
             if response.status >= 200:
@@ -420,6 +490,29 @@ class RequestContext:
             await self.proxy.respond(self, response)
         if disposition in (Disposition.FORWARD_AND_CANCEL, Disposition.STORE_AND_CANCEL):
             self.cancel_branches(except_branch=branch)
+
+    async def _reply_hook(self, branch: Branch, response: Response) -> bool:
+        """The router's reply hook; False drops a provisional. A final is never dropped (as in Kamailio's
+        transaction reply routes): the branch has ended and the request still owes its caller one answer."""
+        try:
+            keep = await self.proxy.router.on_response(self, branch, response)
+        except Exception as exc:  # a router fault: the response goes on as if the hook had not run
+            log.error("reply route error for %s %s: %r", self.original.method, self.original.uri, exc)
+            self.note("reply_error", status=response.status, error=repr(exc)[:200])
+            return True
+        if not keep and response.status >= 200:
+            log.info("a reply route dropped a final %d: ignored (one final answer is owed)", response.status)
+            return True
+        return keep
+
+    def _caller_vias(self, response: Response) -> None:
+        """Give a response going upstream the Vias of the request as the caller sent it (RFC 3261 16.7 step 3,
+        18.2.2): a callee that dropped or rewrote one cannot misroute it."""
+        vias = self.original.get_all("Via")
+        if response.get_all("Via") != vias:
+            response.remove("Via")
+            for value in reversed(vias):
+                response.insert_top("Via", value)
 
     def release(self) -> None:
         """Drop what a finished request no longer needs.
@@ -449,5 +542,15 @@ class RequestContext:
     async def forward_late_2xx(self, response: Response) -> None:
         """A 2xx that arrived after its branch ended still goes upstream (16.7 step 5, RFC 6026)."""
         response.pop_first("Via")
+        self._caller_vias(response)
         self.rc.classify(response)
         await self.proxy.respond(self, response)
+
+
+def max_breadth_of(request: Request, default: int) -> int | None:
+    """RFC 5393: the Max-Breadth a request allows (its header, else ``default``); None when neither is set
+    (``default`` 0 turns the mechanism off for requests without the header)."""
+    value = request.get("Max-Breadth")
+    if value is not None and value.strip().isdigit() and len(value.strip()) <= 9:
+        return int(value.strip())
+    return default if default > 0 else None

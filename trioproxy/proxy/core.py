@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import trio
 
+from trioproxy.faults import call_id_of, contain
 from trioproxy.proxy.context import Branch, BranchEvent, RequestContext
 from trioproxy.proxy.forward import make_branch_id, prepare_branch, preprocess_routes, via_value
 from trioproxy.proxy.router import Router, Target
@@ -59,6 +60,9 @@ from trioproxy.transport import TransportError, stamp_via
 __all__ = ["MessageTracer", "Proxy", "ProxyStats", "TransportLike"]
 
 log = logging.getLogger("trioproxy.proxy")
+
+# After a fault in the timer task, the pause before the next expiry (a deadline that raised may still be due).
+_FAULT_PAUSE = 0.01
 
 _CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx")
 
@@ -98,6 +102,7 @@ class ProxyStats:
     transactions_handled: int = 0
     branches: int = 0
     route_errors: int = 0
+    unanswerable: int = 0  # bad requests dropped: their Via cannot route a response
 
 
 def _default_port(uri: URI) -> int:
@@ -152,6 +157,14 @@ class Proxy:
         self.max_traces = 1000
         self.last_accepted = -math.inf
         self.active: set[RequestContext] = set()
+        # Limits (docs/LIMITS.md; 0: none): requests handled at once, in total and per source IP, answered
+        # 503 with Retry-After beyond; RFC 5393 Max-Breadth given to requests that carry none.
+        self.max_transactions = 0
+        self.max_transactions_per_source = 0
+        self.retry_after = 5
+        self.max_breadth = 0
+        self.active_by_source: dict[str, int] = {}
+        self.limited = 0  # new requests answered 503 for a limit above
 
     # -- addresses ---------------------------------------------------------------------------------------
 
@@ -188,8 +201,16 @@ class Proxy:
     # -- running -----------------------------------------------------------------------------------------
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start a task in the request nursery, inside a boundary (a fault never reaches the nursery)."""
         assert self._nursery is not None
-        self._nursery.start_soon(fn, *args)
+        self._nursery.start_soon(self._guarded, fn, *args, name=getattr(fn, "__qualname__", None))
+
+    @staticmethod
+    async def _guarded(fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:
+            contain("task", exc, call_id=call_id_of(next((a for a in args if isinstance(a, Request)), None)))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled: dispatcher, timer task and the requests' tasks."""
@@ -207,7 +228,12 @@ class Proxy:
             self._timer_wakeup = trio.Event()
             with trio.move_on_at(self._timer_deadline):
                 await self._timer_wakeup.wait()
-            await self.execute(self.table.expire(trio.current_time()))
+            try:
+                await self.execute(self.table.expire(trio.current_time()))
+            except Exception as exc:  # boundary: one expiry's fault, never the timer task
+                contain("timer", exc)
+                # The deadline that raised may still be due: do not spin on it.
+                await trio.sleep(_FAULT_PAUSE)
 
     def _kick_timer(self) -> None:
         deadline = self.table.next_deadline()
@@ -228,26 +254,38 @@ class Proxy:
                     return
             except trio.EndOfChannel:
                 return
-            if not isinstance(msg, (Request, Response)):
-                await self._malformed(msg)
-                continue
-            tracer = self.tracer
-            if tracer is not None and tracer.active:
-                tracer.message("in", msg, msg.source)
             try:
-                if isinstance(msg, Request):
-                    self.stats.requests[msg.method] = self.stats.requests.get(msg.method, 0) + 1
-                    if msg.source is not None:
-                        stamp_via(msg, msg.source)  # RFC 3581 / 18.2.1: received and rport
-                else:
-                    key = _CLASSES[msg.status // 100]
-                    self.stats.responses[key] = self.stats.responses.get(key, 0) + 1
-                actions = self.table.receive(msg, msg.flow, trio.current_time())
-            except SIPError as exc:
-                await self._reject_unparsable(msg, exc)
-                continue
-            await self.execute(actions)
-            self._kick_timer()
+                await self._dispatch(msg)
+            except Exception as exc:  # boundary: one message's fault, never the dispatcher
+                contain("dispatch", exc, call_id=call_id_of(msg))
+
+    async def _dispatch(self, msg: Any) -> None:
+        if not isinstance(msg, (Request, Response)):
+            await self._malformed(msg)
+            return
+        tracer = self.tracer
+        if tracer is not None and tracer.active:
+            tracer.message("in", msg, msg.source)
+        try:
+            if isinstance(msg, Request):
+                self.stats.requests[msg.method] = self.stats.requests.get(msg.method, 0) + 1
+                if msg.source is not None:
+                    stamp_via(msg, msg.source)  # RFC 3581 / 18.2.1: received and rport
+            else:
+                key = _CLASSES[msg.status // 100]
+                self.stats.responses[key] = self.stats.responses.get(key, 0) + 1
+            actions = self.table.receive(msg, msg.flow, trio.current_time())
+        except SIPError as exc:
+            await self._reject_unparsable(msg, exc)
+            return
+        except Exception as exc:
+            # Nothing of this message was acted on yet: a request still gets its 500 (statelessly).
+            contain("dispatch", exc, call_id=call_id_of(msg))
+            if isinstance(msg, Request) and msg.method != "ACK":
+                await self._send_stateless(msg, 500, "Server Internal Error")
+            return
+        await self.execute(actions)
+        self._kick_timer()
 
     async def _malformed(self, item: Any) -> None:
         self.stats.malformed += 1
@@ -257,51 +295,63 @@ class Proxy:
         self.stats.malformed += 1
         log.info("bad message from %s: %s %s", msg.source, exc.status, exc.reason)
         if isinstance(msg, Request) and msg.method != "ACK":
-            try:
-                resp = make_response(msg, exc.status, exc.reason)
-                await self.transports.send_response(resp, msg.flow)
-            except Exception:  # a message too broken to answer is dropped
-                log.debug("could not answer a malformed request", exc_info=True)
+            await self._send_stateless(msg, exc.status, exc.reason)
+
+    async def _send_stateless(self, msg: Request, status: int, reason: str) -> None:
+        """Answer a request outside any transaction; a request whose Via cannot route it is dropped, counted."""
+        try:
+            resp = make_response(msg, status, reason)
+            await self.transports.send_response(resp, msg.flow)
+        except (TransportError, SIPError, OSError) as exc:
+            self.stats.unanswerable += 1
+            log.info("dropping a request that cannot be answered: %s", exc)
 
     # -- executing the table's actions ---------------------------------------------------------------------
 
     async def execute(self, actions: Sequence[Any]) -> None:
         for action in actions:
-            if isinstance(action, SendRequest):
-                tracer = self.tracer
-                if tracer is not None and tracer.active:
-                    tracer.message("out", action.msg, action.dest)
-                try:
-                    await self.transports.send_request(action.msg, action.dest)
-                except (TransportError, OSError) as exc:
-                    log.info("sending %s to %s failed: %s", action.msg.method, action.dest, exc)
+            try:
+                await self._execute_one(action)
+            except Exception as exc:  # boundary: one action's fault; the others still run
+                msg = getattr(action, "msg", None) or getattr(action, "request", None)
+                contain("action", exc, call_id=call_id_of(msg), detail=type(action).__name__)
+
+    async def _execute_one(self, action: Any) -> None:
+        if isinstance(action, SendRequest):
+            tracer = self.tracer
+            if tracer is not None and tracer.active:
+                tracer.message("out", action.msg, action.dest)
+            try:
+                await self.transports.send_request(action.msg, action.dest)
+            except (TransportError, OSError) as exc:
+                log.info("sending %s to %s failed: %s", action.msg.method, action.dest, exc)
+                await self.execute(self.table.transport_error(action.txn, trio.current_time()))
+        elif isinstance(action, SendResponse):
+            key = _CLASSES[action.msg.status // 100]
+            self.stats.responses_sent[key] = self.stats.responses_sent.get(key, 0) + 1
+            tracer = self.tracer
+            if tracer is not None and tracer.active:
+                tracer.message("out", action.msg, getattr(action.flow, "remote", None))
+            try:
+                await self.transports.send_response(action.msg, action.flow)
+            except (TransportError, OSError) as exc:
+                log.info("sending a %s response failed: %s", action.msg.status, exc)
+                if action.txn is not None:
                     await self.execute(self.table.transport_error(action.txn, trio.current_time()))
-            elif isinstance(action, SendResponse):
-                key = _CLASSES[action.msg.status // 100]
-                self.stats.responses_sent[key] = self.stats.responses_sent.get(key, 0) + 1
-                tracer = self.tracer
-                if tracer is not None and tracer.active:
-                    tracer.message("out", action.msg, getattr(action.flow, "remote", None))
-                try:
-                    await self.transports.send_response(action.msg, action.flow)
-                except (TransportError, OSError) as exc:
-                    log.info("sending a %s response failed: %s", action.msg.status, exc)
-                    if action.txn is not None:
-                        await self.execute(self.table.transport_error(action.txn, trio.current_time()))
-            elif isinstance(action, RequestReceived):
-                self.spawn(self._handle_request, action.txn, action.request)
-            elif isinstance(action, ResponseReceived):
-                self._to_branch(action.txn, BranchEvent(response=action.response))
-            elif isinstance(action, Timeout):
-                self._to_branch(action.txn, BranchEvent(timeout=True))
-            elif isinstance(action, TransportFailed):
-                self._to_branch(action.txn, BranchEvent(transport_error=True))
-            elif isinstance(action, AckReceived):
-                self.spawn(self._handle_stateless, action.request)
-            elif isinstance(action, CancelReceived):
-                await self._handle_cancel(action)
-            elif isinstance(action, StrayResponse):
-                self.stats.stray_responses += 1  # RFC 6026: a transaction-stateful proxy drops them
+        elif isinstance(action, RequestReceived):
+            self.spawn(self._handle_request, action.txn, action.request)
+        elif isinstance(action, ResponseReceived):
+            self._to_branch(action.txn, BranchEvent(response=action.response))
+        elif isinstance(action, Timeout):
+            self._to_branch(action.txn, BranchEvent(timeout=True))
+        elif isinstance(action, TransportFailed):
+            self._to_branch(action.txn, BranchEvent(transport_error=True))
+        elif isinstance(action, AckReceived):
+            self.spawn(self._handle_stateless, action.request)
+        elif isinstance(action, CancelReceived):
+            await self._handle_cancel(action)
+        elif isinstance(action, StrayResponse):
+            self.stats.stray_responses += 1  # RFC 6026: a transaction-stateful proxy drops them
 
     def _to_branch(self, txn: ClientTransaction, event: BranchEvent) -> None:
         branch = txn.user
@@ -349,6 +399,17 @@ class Proxy:
         """
         del ctx
 
+    async def branch_failed(self, ctx: RequestContext, branch: Branch, exc: Exception) -> None:
+        """The boundary of a branch task: the fault is logged and counted, the branch ends with a local 500
+        (so the request still gets its best response, 16.7 step 6)."""
+        contain("branch", exc, call_id=call_id_of(ctx.original))
+        if branch.final is not None:
+            return
+        try:
+            await ctx.on_response(branch, ctx.local_response(500, "Server Internal Error"), local=True)
+        except Exception as again:  # the request's boundary answers
+            contain("branch", again, call_id=call_id_of(ctx.original), detail="ending the branch")
+
     async def locate(self, uri: URI) -> list[Address]:
         return await self._locate(uri)
 
@@ -366,12 +427,28 @@ class Proxy:
     # -- requests ------------------------------------------------------------------------------------------
 
     async def _handle_request(self, txn: ServerTransaction, request: Request) -> None:
+        """The request task; its boundary: a fault (a branch's too) is logged, counted and answered 500."""
+        holder: list[RequestContext] = []
+        try:
+            await self._route_request(txn, request, holder)
+        except Exception as exc:  # an ExceptionGroup of a branch fault from the stage nursery lands here too
+            contain("request", exc, call_id=call_id_of(request))
+            ctx = holder[0] if holder else None
+            if ctx is not None and ctx.rc.final_sent:
+                return
+            try:
+                if ctx is not None:
+                    ctx.rc.final_sent = True
+                    ctx.final_status = 500
+                await self._answer(txn, request, 500, "Server Internal Error")
+            except Exception as again:  # even the 500 failed: the request is dropped
+                contain("request", again, call_id=call_id_of(request), detail="answering 500")
+
+    async def _route_request(self, txn: ServerTransaction, request: Request, holder: list[RequestContext]) -> None:
         started = time.monotonic()
         inbound = self._inbound_address(request)
         ctx: RequestContext | None = None
         try:
-            if request.method == "INVITE":
-                await self.execute(self.table.respond(txn, make_response(request, 100, "Trying"), trio.current_time()))
             try:
                 validate_request_untrusted(request)
                 rejection = check_request(request, own_sent_by=self._own)
@@ -387,22 +464,33 @@ class Proxy:
                 # in progress) still go through so calls that started can end.
                 await self._answer(txn, request, 503, "Service Unavailable", (("Retry-After", "5"),))
                 return
+            source = request.source.host if request.source is not None else ""
+            if request.to.tag is None and self._over_limit(source):
+                # A new request over a limit; retransmissions are absorbed by its transaction, in-dialog
+                # requests (a BYE) always pass so calls in progress can end.
+                self.limited += 1
+                await self._answer(txn, request, 503, "Service Unavailable", (("Retry-After", str(self.retry_after)),))
+                return
             self.last_accepted = trio.current_time()
             work = request.copy()
             popped = preprocess_routes(work, self.is_myself)
             ctx = RequestContext(self, work, request, txn, lh, inbound)
+            holder.append(ctx)
             ctx.route_params = popped
             self._keep_trace(ctx)
             ctx.in_dialog = request.to.tag is not None
             ctx.to_tag = make_branch_id(lh)[7:17]
             txn.user = ctx
             self.active.add(ctx)
+            self.active_by_source[source] = self.active_by_source.get(source, 0) + 1
             self.stats.transactions_handled += 1
+            if not self.router.defers_trying:
+                await ctx.send_trying()
             try:
                 await self.router.on_request(ctx)
-            except Exception as exc:  # a router fault is contained to its request
+            except Exception as exc:  # boundary of the route call: a router fault is contained to its request
                 self.stats.route_errors += 1
-                log.error("route error for %s %s: %s", request.method, request.uri, exc)
+                contain("route", exc, call_id=call_id_of(request))
                 if not ctx.rc.final_sent:
                     await ctx.reply(500, "Server Internal Error")
                 return
@@ -415,10 +503,17 @@ class Proxy:
                 # would then ring forever upstream, so answer 500.
                 await ctx.reply(500, "Server Internal Error", (("Warning", '399 trioproxy "no route decision"'),))
                 return
+            await ctx.send_trying()  # the route's script had its chance (force_rport): now the 100 goes
             await ctx.run_stages()
         finally:
             if ctx is not None:
-                self.active.discard(ctx)
+                if ctx in self.active:
+                    self.active.discard(ctx)
+                    left = self.active_by_source.get(source, 1) - 1
+                    if left > 0:
+                        self.active_by_source[source] = left
+                    else:
+                        self.active_by_source.pop(source, None)
                 ctx.note("end", status=ctx.final_status)
                 log.info(
                     "%s %s branches=%d status=%s %.1fms",
@@ -429,6 +524,12 @@ class Proxy:
                     (time.monotonic() - started) * 1000,
                 )
                 ctx.release()
+
+    def _over_limit(self, source: str) -> bool:
+        if self.max_transactions and len(self.active) >= self.max_transactions:
+            return True
+        per_source = self.max_transactions_per_source
+        return bool(per_source) and self.active_by_source.get(source, 0) >= per_source
 
     def _keep_trace(self, ctx: RequestContext) -> None:
         req = ctx.original
@@ -490,9 +591,9 @@ class Proxy:
                 ctx.release()
         except SIPError as exc:
             log.info("dropping a bad %s: %s", request.method, exc.reason)
-        except Exception as exc:
+        except Exception as exc:  # boundary of a stateless request's task (nothing to answer: an ACK)
             self.stats.route_errors += 1
-            log.error("route error for %s %s: %s", request.method, request.uri, exc)
+            contain("stateless", exc, call_id=call_id_of(request))
 
     async def forward_stateless(self, ctx: RequestContext, target: Target) -> bool:
         """Forward without a transaction (an ACK for a 2xx, a CANCEL matching nothing; 16.10, 16.11)."""
@@ -543,3 +644,5 @@ class Proxy:
             await self.forward_stateless(ctx, Target(work.uri.copy()))
         except SIPError:
             return
+        except Exception as exc:  # boundary of a stateless CANCEL's task (its 200 was already sent)
+            contain("stateless", exc, call_id=call_id_of(cancel))

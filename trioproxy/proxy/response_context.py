@@ -14,6 +14,8 @@ When no branch is pending and no new branch will be made, :meth:`best` chooses t
 (16.7 step 6): a 6xx if any, else the lowest class, 4xx preferring 401, 407, 415, 420, 484; a 503 is turned
 into a 500 (16.7 step 6: the 503 concerns the hop, not the target); no response at all gives 408. A chosen
 401/407 carries every WWW-Authenticate and Proxy-Authenticate of all 401/407 responses (16.7 step 7).
+After the caller's CANCEL (16.10) the answer is the 487 of a cancelled branch (a 6xx still wins): a 486 of an
+earlier serial stage is not what a caller who gave up expects; with no 487 stored the proxy makes one.
 """
 
 from __future__ import annotations
@@ -75,13 +77,18 @@ class ResponseContext:
         """Whether new branches may still be created (not after a 2xx, a 6xx, or a final sent)."""
         return not (self.final_sent or self.got_6xx)
 
-    def best(self) -> Response | None:
-        """The best stored final response, or None when nothing answered (the proxy then makes a 408)."""
+    def best(self, *, canceled: bool = False) -> Response | None:
+        """The best stored final response, or None when nothing answered (the proxy then makes a 408).
+
+        ``canceled``: the caller sent CANCEL; the best is a 6xx or a 487, else None (the proxy makes a 487).
+        """
         if not self.finals:
             return None
         sixes = [r for r in self.finals if r.status >= 600]
         if sixes:
             return sixes[0]
+        if canceled:
+            return next((r for r in self.finals if r.status == 487), None)
         lowest = min(r.status // 100 for r in self.finals)
         candidates = [r for r in self.finals if r.status // 100 == lowest]
         if lowest == 4:

@@ -3,7 +3,7 @@
 The core calls a ``Router`` for every request that passed validation (RFC 3261 16.3) and route
 pre-processing (16.4). The router edits ``ctx.request`` (the copy that will be forwarded), and either answers
 (``await ctx.reply(...)``) or forwards (``await ctx.relay(targets)``, which starts one branch per target and
-returns once they are sent). When every branch of a stage has ended without a 2xx or 6xx, the core calls
+returns once they are sent). When every branch of a stage has ended without a 2xx, the core calls
 ``on_failure``, where the router may relay again (serial forking, a Kamailio ``failure_route``) or do
 nothing, in which case the best response goes upstream (16.7 step 6).
 
@@ -40,11 +40,16 @@ class Target:
 class Router:
     """Base router: subclasses override ``on_request`` and optionally the other hooks."""
 
+    # False: the proxy sends an INVITE's 100 Trying before ``on_request``; True: the router calls
+    # ``ctx.send_trying()`` itself once it may wait (the proxy sends it after ``on_request`` at the latest).
+    defers_trying: bool = False
+
     async def on_request(self, ctx: RequestContext) -> None:
         raise NotImplementedError
 
     async def on_failure(self, ctx: RequestContext) -> None:
-        """A stage ended with no 2xx or 6xx. Relay again to add a stage; return to send the best response."""
+        """A stage ended with no 2xx (also after a 6xx or the caller's CANCEL, where ``ctx.relay`` is refused).
+        Relay again to add a stage, reply, or return to send the best response."""
         return None
 
     async def on_branch(self, ctx: RequestContext, branch: Branch) -> bool:

@@ -4,6 +4,10 @@
 ``KSR`` itself). ``HANDLERS`` maps an effect name to the coroutine the bridge awaits with the route's state
 and services; its return value is what the Lua call returns. ``exit`` and ``drop`` end the route and are
 handled by the bridge itself.
+
+An INVITE's automatic 100 Trying waits for the script (``force_rport`` decides where it goes): the effects
+that create the transaction or may wait (``t_newtran``, ``t_relay``, lookups, ``sleep``...) send it first
+through ``RouteServices.trying``; replies do not (a final reply needs no 100 before it).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ EFFECT_SHIMS: dict[str, dict[str, str]] = {
         "t_relay_to_proto_addr": "relay_to",
         "t_reply": "t_reply",
         "t_check_trans": "check_trans",
+        "t_newtran": "newtran",
     },
     "registrar": {"save": "save", "lookup": "lookup", "registered": "registered", "unregister": "unregister"},
     "sanity": {"sanity_check": "sanity"},
@@ -62,6 +67,7 @@ async def _sl_reply_error(state: RequestState, services: RouteServices, args: tu
 
 async def _relay(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
     state.req  # noqa: B018  (only requests are relayed)
+    await services.trying(state)
     rc = await services.relay(state)
     if rc > 0:
         state.relayed += 1
@@ -75,7 +81,17 @@ async def _relay_to(state: RequestState, services: RouteServices, args: tuple[An
 
 
 async def _check_trans(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
+    await services.trying(state)
     return await services.check_trans(state)
+
+
+async def _newtran(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
+    # The transaction layer made the server transaction when the request arrived (retransmissions are
+    # absorbed, replies are stateful); what t_newtran adds on the wire is the INVITE's 100 Trying, now.
+    if not state.is_request or state.method == "ACK":
+        return -1
+    await services.trying(state)
+    return 1
 
 
 def _aor(state: RequestState, uri: Any) -> str:
@@ -85,12 +101,14 @@ def _aor(state: RequestState, uri: Any) -> str:
 
 async def _lookup(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
     table = str(args[0])
+    await services.trying(state)
     contacts = await services.lookup(table, _aor(state, args[1] if len(args) > 1 else None))
     return apply_contacts(state, contacts)
 
 
 async def _registered(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
     table = str(args[0])
+    await services.trying(state)
     contacts = await services.lookup(table, _aor(state, args[1] if len(args) > 1 else None))
     return 1 if contacts else -1
 
@@ -102,6 +120,7 @@ async def _save(state: RequestState, services: RouteServices, args: tuple[Any, .
 
 async def _unregister(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
     ruid = str(args[2]) if len(args) > 2 and args[2] is not None else ""
+    await services.trying(state)
     return await services.unregister(str(args[0]), _aor(state, args[1]), ruid)
 
 
@@ -109,11 +128,13 @@ async def _sleep(state: RequestState, services: RouteServices, args: tuple[Any, 
     seconds = float(args[0])
     if seconds < 0:
         raise ValueError("sleep: negative time")
+    await services.trying(state)
     await services.sleep(seconds)
     return 1
 
 
 async def _resolve(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> list[str]:
+    await services.trying(state)
     return list(await services.resolve(str(args[0])))
 
 
@@ -136,6 +157,7 @@ HANDLERS: dict[str, Handler] = {
     "relay": _relay,
     "relay_to": _relay_to,
     "check_trans": _check_trans,
+    "newtran": _newtran,
     "lookup": _lookup,
     "registered": _registered,
     "save": _save,

@@ -1,17 +1,21 @@
 """In-process hash tables for scripts (``KSR.htable.*``), with per-table expiry.
 
-Tables are declared up front (``HtableStore(tables={"blocked": 3600})``) or created on first use with
-``default_expire`` seconds. An entry's expiry is reset each time it is written. ``now`` comes from the
+Tables are declared up front (``HtableStore(tables={"blocked": 3600})``, or ``[htable.NAME] autoexpire``
+in the configuration) or created on first use with ``default_expire`` seconds. An entry's expiry is reset
+each time it is written, unless the table has ``update_expire=False`` (Kamailio's ``updateexpire=0``): then
+a counter kept with ``sht_inc`` expires ``expire`` seconds after it was created, which makes a fixed-window
+rate limit. A table holds at most ``size`` entries; past it the oldest entry is dropped. ``now`` comes from the
 clock callable so tests can pass virtual time. The store outlives script reloads: the holder hands the same
 store to every script version.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from .saferegex import compile_regex
 
 __all__ = ["Htable", "HtableStore"]
 
@@ -27,9 +31,19 @@ class _Entry:
 class Htable:
     """One named table; ``expire`` seconds after the last write (0: never)."""
 
-    def __init__(self, name: str, expire: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        name: str,
+        expire: float,
+        clock: Callable[[], float],
+        *,
+        update_expire: bool = True,
+        size: int = 100_000,
+    ) -> None:
         self.name = name
         self.expire = expire
+        self.update_expire = update_expire
+        self.size = size
         self._clock = clock
         self._items: dict[str, _Entry] = {}
 
@@ -47,8 +61,16 @@ class Htable:
 
     def set(self, key: str, value: Value) -> None:
         """Store ``value`` under ``key`` (resetting its expiry)."""
+        items = self._items
+        if not self.update_expire:
+            old = self._live(key)
+            if old is not None:
+                old.value = value
+                return
         exp = self._clock() + self.expire if self.expire > 0 else None
-        self._items[key] = _Entry(value, exp)
+        if key not in items and len(items) >= self.size:
+            del items[next(iter(items))]  # bounded memory: the oldest entry goes
+        items[key] = _Entry(value, exp)
 
     def inc(self, key: str, delta: int = 1) -> int:
         """Add ``delta`` to an integer entry (absent counts as 0) and return the new value."""
@@ -75,7 +97,7 @@ class Htable:
         if op == "sw":
             return any(k.startswith(pattern) for k in keys)
         if op in ("re", "=~"):
-            rx = re.compile(pattern)
+            rx = compile_regex(pattern)
             return any(rx.search(k) for k in keys)
         raise ValueError(f"unknown htable match operator {op!r}")
 
@@ -106,13 +128,13 @@ class HtableStore:
         for name, expire in (tables or {}).items():
             self.declare(name, expire)
 
-    def declare(self, name: str, expire: float) -> Htable:
+    def declare(self, name: str, expire: float, *, update_expire: bool = True, size: int = 100_000) -> Htable:
         """Create (or re-declare the expiry of) table ``name``."""
         t = self._tables.get(name)
         if t is None:
-            t = self._tables[name] = Htable(name, expire, self.clock)
+            t = self._tables[name] = Htable(name, expire, self.clock, update_expire=update_expire, size=size)
         else:
-            t.expire = expire
+            t.expire, t.update_expire, t.size = expire, update_expire, size
         return t
 
     def table(self, name: str) -> Htable:

@@ -13,8 +13,9 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-from trioproxy.sip import SIPError, parse_uri_untrusted
+from trioproxy.sip import Request, SIPError, Via, parse_uri_untrusted
 
+from . import saferegex
 from .pv import SIMPLE_PVS, get_pv, set_pv, unset_pv
 from .state import RequestState
 
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
     from .htable import HtableStore
     from .services import RouteServices
 
-__all__ = ["Core", "Hdr", "KsrContext", "Kx", "Maxfwd", "Pv", "Siputils", "Textops", "split_header_text"]
+__all__ = [
+    "Core", "Hdr", "KsrContext", "Kx", "Maxfwd", "Pv", "Siputils", "Textops", "split_header_text", "stamp_rport",
+]  # fmt: skip
 
 Value = str | int
 
@@ -81,6 +84,16 @@ def split_header_text(text: str) -> list[tuple[str, str]]:
             raise ValueError(f"bad header text {line!r}")
         out.append((name.strip(), value.strip()))
     return out
+
+
+def stamp_rport(req: Request, host: str, port: int) -> None:
+    """Put ``received=host;rport=port`` into the top Via of ``req`` (in that order, replacing old values)."""
+    via = req.top_via
+    params = {k: v for k, v in via.params.items() if k not in ("received", "rport")}
+    params["received"] = host
+    params["rport"] = str(port)
+    req.pop_first("Via")
+    req.insert_top("Via", str(Via(via.transport, via.host, via.port, params)))
 
 
 def _b(flag: bool) -> int:
@@ -217,8 +230,21 @@ class Core(_Mod):
         return self._bflags(branch, self._bit(flag), "get")
 
     def force_rport(self) -> int:
-        # RFC 3581 4: answer to the source port as if the Via had rport.
-        self._st.force_rport = True
+        """RFC 3581 4 as if the top Via had ``rport``: stamp ``received``/``rport=<source port>`` into it.
+
+        Both the request the server transaction answers from (so every response, the 100 included, goes
+        to the source address and port) and the copy that is forwarded (downstream sees the stamped Via).
+        """
+        st = self._st
+        msg = st.msg
+        if not isinstance(msg, Request):
+            return 1
+        src = msg.source
+        if src is None:
+            return -1
+        stamp_rport(msg, src.host, src.port)
+        if st.original is not None and st.original is not msg:
+            stamp_rport(st.original, src.host, src.port)
         return 1
 
     def is_myself(self, uri: str) -> bool:
@@ -388,7 +414,7 @@ class Textops(_Mod):
 
     def search(self, regex: str) -> int:
         text = self._st.msg.to_bytes().decode("utf-8", "replace")
-        return _b(re.search(regex, text) is not None)
+        return _b(saferegex.search(regex, text))
 
 
 class Siputils(_Mod):

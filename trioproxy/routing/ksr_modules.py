@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from trioproxy.sip import NameAddr, Request, SIPError, parse_uri_untrusted
 
+from . import saferegex
 from .ksr_core import KsrContext, _b, _Mod
 from .services import ContactInfo
 from .state import BranchTarget, RequestState
@@ -33,17 +34,38 @@ class Rr(_Mod):
         return 1
 
     def record_route_preset(self, addr: str, addr2: str | None = None) -> int:
+        """Put exactly ``<sip:addr;lr>`` (and ``<sip:addr2;lr>`` below it, both with ``;r2=on``) on the request.
+
+        As Kamailio: ``sip:`` is added when the value has no scheme and ``;lr`` when it lacks one; the
+        parameters of ``add_rr_param`` follow. With two values the first names the outbound interface.
+        """
         st = self._st
-        st.record_route = True
-        st.record_route_preset = [a for a in (addr, addr2) if a]
+        uris = []
+        for a in (addr, addr2):
+            if not a:
+                continue
+            text = str(a).strip().strip("<>")
+            if not text.lower().startswith(("sip:", "sips:")):
+                text = f"sip:{text}"
+            try:
+                parse_uri_untrusted(text)
+            except SIPError:
+                return -1
+            uris.append(text)
+        if not uris:
+            return -1
+        _put_preset(st, uris)
         return 1
 
     def add_rr_param(self, param: str) -> int:
-        self._st.rr_params.append(param)
+        st = self._st
+        st.rr_params.append(param)
+        if st.record_route_preset:
+            _put_preset(st, st.record_route_preset)
         return 1
 
     def check_route_param(self, regex: str) -> int:
-        return _b(re.search(regex, self._st.route_params) is not None)
+        return _b(saferegex.search(regex, self._st.route_params))
 
     def loose_route(self) -> int:
         """RFC 3261 16.4: consume our own Route entry; 1 when the request carried a route set, else -1.
@@ -80,12 +102,22 @@ class Rr(_Mod):
         return _b(had_route)
 
 
-class Tm(_Mod):
-    """``KSR.tm`` functions that only record (t_relay, t_reply, t_check_trans are effects)."""
+def _put_preset(st: RequestState, uris: list[str]) -> None:
+    # (Re)write the preset Record-Route headers at the top of the request.
+    req = st.req
+    for _ in st.record_route_preset:
+        req.pop_first("Record-Route")
+    params = "".join(p if p.startswith(";") else f";{p}" for p in st.rr_params)
+    double = len(uris) > 1
+    for uri in reversed(uris):
+        u = parse_uri_untrusted(uri)
+        extra = ("" if "lr" in u.params else ";lr") + (";r2=on" if double and "r2" not in u.params else "")
+        req.insert_top("Record-Route", f"<{uri}{extra}{params}>")
+    st.record_route_preset = list(uris)
 
-    def t_newtran(self) -> int:
-        self._st.new_transaction = True
-        return 1
+
+class Tm(_Mod):
+    """``KSR.tm`` functions that only record (t_relay, t_reply, t_check_trans, t_newtran are effects)."""
 
     def t_is_canceled(self) -> int:
         return _b(self._st.canceled)
@@ -129,7 +161,7 @@ class Tm(_Mod):
         resp = st.msg if not st.is_request else st.response
         if resp is None or not hasattr(resp, "status"):
             return -1
-        return _b(re.fullmatch(regex, str(resp.status)) is not None)
+        return _b(saferegex.fullmatch(regex, str(resp.status)))
 
     def t_load_contacts(self) -> int:
         """Group the R-URI and the appended branches by q into serial stages (highest q first)."""

@@ -85,6 +85,9 @@ class ProxyServices:
             state.replied = (status, reason)
         return 1 if ok else -1
 
+    async def trying(self, state: RequestState) -> None:
+        await self.ctx.send_trying()
+
     def _targets(self, state: RequestState) -> list[Target]:
         targets: list[Target] = []
         for i, b in enumerate(state.target_set()):
@@ -166,13 +169,15 @@ class ProxyServices:
 class LuaRouter(Router):
     """Route every request through the active Lua script (Kamailio KEMI conventions)."""
 
+    defers_trying = True  # the 100 goes when the script first waits or ends (after force_rport)
+
     def __init__(self, holder: ScriptHolder, registrar: Registrar, locator: Locator | None = None) -> None:
         self.holder = holder
         self.registrar = registrar
         self.locator = locator
 
     def _begin(self, ctx: RequestContext) -> _LuaRequest:
-        state = RequestState(msg=ctx.request, local=ctx.inbound, trace=[])
+        state = RequestState(msg=ctx.request, local=ctx.inbound, original=ctx.original, trace=[])
         if ctx.route_params is not None:
             state.route_params = ctx.route_params
         lua = _LuaRequest(self.holder.current(), state, ProxyServices(ctx, self))
@@ -191,7 +196,11 @@ class LuaRouter(Router):
         except RouteError as exc:
             log.error("%s:%s: %s route error (%s): %s", exc.file, exc.line, what, exc.kind, exc.cause)
             ctx.note("route_error", file=exc.file, line=exc.line, error=exc.kind, cause=exc.cause)
-            if not ctx.rc.final_sent:
+            if what == "failure":
+                # As Kamailio: a failure route that fails ends; its relay (if any) is void and the best
+                # response of the stages (a 487 after the caller's CANCEL) goes upstream.
+                ctx.pending_stage = None
+            elif not ctx.rc.final_sent:
                 await ctx.reply(500, "Server Internal Error")
             return None
         finally:
@@ -210,6 +219,8 @@ class LuaRouter(Router):
             ctx.dropped = True
 
     async def on_failure(self, ctx: RequestContext) -> None:
+        """Run the failure route armed by ``t_on_failure``: after a stage with no 2xx, also after the caller's
+        CANCEL (``t_is_canceled``) or a 6xx, where ``t_relay`` is refused (-2) and makes no branch."""
         lua = ctx.user_state
         if not isinstance(lua, _LuaRequest):
             return

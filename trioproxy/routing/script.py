@@ -22,8 +22,11 @@ import lupa.lua54 as lua54
 
 from .effects import EFFECT_SHIMS, END_EFFECTS, HANDLERS
 from .htable import HtableStore
+from .ksr_auth import AUTH_EFFECT_SHIMS, AUTH_HANDLERS, Auth, AuthDb
 from .ksr_core import Core, Hdr, KsrContext, Kx, Maxfwd, Pv, Siputils, Textops
 from .ksr_modules import Corex, Htable, Nathelper, Rr, Tm, Tmx
+from .ksr_permissions import Permissions
+from .ksr_pike import Pike, Pipelimit
 from .prelude import PRELUDE
 from .scan import Finding, scan_source
 from .services import RouteServices
@@ -128,7 +131,11 @@ def _table(lua: Any, prefix: str, funcs: dict[str, Any], ctx: KsrContext) -> Any
 _MODULE_CLASSES: dict[str, type] = {
     "pv": Pv, "hdr": Hdr, "textops": Textops, "siputils": Siputils, "maxfwd": Maxfwd, "rr": Rr, "tm": Tm,
     "tmx": Tmx, "corex": Corex, "htable": Htable, "nathelper": Nathelper,
+    "auth": Auth, "auth_db": AuthDb, "permissions": Permissions, "pike": Pike, "pipelimit": Pipelimit,
 }  # fmt: skip
+# Challenges send a reply: effects of their own, merged into the bridge's tables.
+EFFECT_SHIMS.update(AUTH_EFFECT_SHIMS)
+HANDLERS.update(AUTH_HANDLERS)
 
 
 def _api_names() -> tuple[frozenset[str], dict[str, frozenset[str]]]:

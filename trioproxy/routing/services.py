@@ -4,7 +4,8 @@ Route scripts run as Lua coroutines on the trio thread. KSR calls that need the 
 relaying, the location service, DNS, sleeping) are Lua shims that yield an *effect*; the bridge in
 ``script.py`` awaits the matching ``RouteServices`` method below and resumes the coroutine with its result.
 Everything else a script decides (record-route, failure route names, timers, flags, branches) is recorded
-on the ``RequestState`` for the proxy to read when it relays.
+on the ``RequestState`` for the proxy to read when it relays, or edits the request in place (headers,
+``force_rport``, ``record_route_preset``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class RouteServices(Protocol):
 
         ``headers`` are the ones queued by ``KSR.hdr.append_to_reply``.
         """
+        ...
+
+    async def trying(self, state: RequestState) -> None:
+        """Send the automatic 100 Trying of an INVITE now, if it has not gone yet (idempotent; nothing for
+        other methods). Called before the effects that create the transaction or wait."""
         ...
 
     async def relay(self, state: RequestState) -> int:

@@ -35,6 +35,7 @@ class RequestState:
     msg: Request | Response
     local: Address | None = None  # where it arrived ($Ri, $Rp)
     request: Request | None = None  # reply/failure routes: the transaction's request
+    original: Request | None = None  # the request as received (the server transaction answers from it)
     response: Response | None = None  # input: the reply (reply route) or best reply (failure route)
 
     flags: int = 0  # message flags (setflag)
@@ -59,12 +60,10 @@ class RequestState:
     fr_timeout: int | None = None
 
     record_route: bool = False  # record_route(): the proxy adds Record-Route (;lr) when relaying
-    record_route_preset: list[str] = field(default_factory=list)  # record_route_preset(addr[, addr2])
+    record_route_preset: list[str] = field(default_factory=list)  # URIs record_route_preset put on msg
     rr_params: list[str] = field(default_factory=list)  # add_rr_param(";p=v")
     route_params: str = ""  # parameters of our own Route header popped by loose_route
-    force_rport: bool = False  # RFC 3581: answer to the source port
     maxfwd_processed: bool = False  # process_maxfwd already adjusted Max-Forwards
-    new_transaction: bool = False  # t_newtran called
     forced_dest: Address | None = None  # t_relay_to_proto_addr
     received_uri: str | None = None  # fix_nated_register: source to store with the binding
     relayed: int = 0  # number of successful t_relay calls
@@ -160,6 +159,7 @@ class RequestState:
         return RequestState(
             msg=branch_request,
             local=self.local,
+            original=self.original,
             flags=self.flags,
             bflags=bflags,
             vars=self.vars,

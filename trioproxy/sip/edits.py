@@ -9,7 +9,15 @@ from .errors import SIPError
 from .message import Request, Response, _name_of, _value
 from .status import reason_phrase
 
-__all__ = ["decrement_max_forwards", "make_ack", "make_cancel", "make_response", "new_branch", "new_tag"]
+__all__ = [
+    "decrement_max_forwards",
+    "has_tag_param",
+    "make_ack",
+    "make_cancel",
+    "make_response",
+    "new_branch",
+    "new_tag",
+]
 
 # RFC 3261 8.1.1.7: every branch starts with the magic cookie.
 MAGIC_COOKIE = "z9hG4bK"
@@ -36,6 +44,48 @@ def new_tag() -> str:
     return os.urandom(6).hex()
 
 
+def has_tag_param(value: str) -> bool:
+    """Whether a From/To value carries a ``tag`` header parameter: a ``;tag`` outside quotes and ``<>``.
+
+    A text scan that never parses the display name or URI (both may be malformed).
+    """
+    if ";" not in value:
+        return False
+    if '"' not in value:
+        # The common case: the header parameters are what follows the last ">" (all of an addr-spec).
+        if "<" not in value:
+            return _params_have_tag(value)
+        close = value.rfind(">")
+        return close > value.rfind("<") and _params_have_tag(value[close + 1 :])
+    quoted = escaped = angle = False
+    for i, c in enumerate(value):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                quoted = False
+        elif angle:
+            if c == ">":
+                angle = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            angle = True
+        elif c == ";":
+            # Past the quotes and the brackets, so a "<" or '"' later on is malformed anyway.
+            return not angle and _params_have_tag(value[i:])
+    return False
+
+
+def _params_have_tag(params: str) -> bool:
+    for param in params.split(";")[1:]:
+        if param.split("=", 1)[0].strip(" \t").lower() == "tag":
+            return True
+    return False
+
+
 def make_response(
     request: Request,
     status: int,
@@ -46,7 +96,9 @@ def make_response(
 ) -> Response:
     """A response to ``request`` (RFC 3261 8.2.6): Vias, From, To, Call-ID, CSeq copied, Content-Length 0.
 
-    A To tag is added when the To has none and the status is above 100 (``to_tag`` or a new one).
+    A To tag is added when the To has none and the status is above 100 (``to_tag`` or a new one). The
+    header lines are copied as text and the To tag is found by a text scan, so a request whose From, To or
+    URI does not parse can still be answered (a 400 to exactly such a request).
     """
     resp = Response.__new__(Response)
     resp.status = status
@@ -58,9 +110,9 @@ def make_response(
     for key, line in zip(request._keys, request._lines, strict=True):
         if key in copy:
             if key == "to" and status > 100:
-                to = request.to
-                if to.tag is None:
-                    line = f"{_name_of(line)}: {_value(line)};tag={to_tag or new_tag()}"
+                value = _value(line)
+                if not has_tag_param(value):
+                    line = f"{_name_of(line)}: {value};tag={to_tag or new_tag()}"
             lines.append(line)
             keys.append(key)
     resp._lines = lines

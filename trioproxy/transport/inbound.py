@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from trioproxy.sip import SIPError, Via
+from trioproxy.sip import Request, SIPError, Via, make_response, parse_message_untrusted
 
-__all__ = ["answerable_request", "is_blank"]
+__all__ = ["answerable_request", "flood_reply", "is_blank"]
 
 log = logging.getLogger("trioproxy.transport")
 
@@ -48,3 +48,19 @@ def answerable_request(data: bytes) -> bool:
             return False
         return True
     return False
+
+
+def flood_reply(data: bytes | bytearray, retry_after: int) -> bytes | None:
+    """The 503 (with Retry-After) for a request of a blocked source, or None when it cannot be answered (a
+    response, an ACK, unparsable bytes). Built without a transaction; the caller sends it to the source."""
+    if data.startswith((b"SIP/", b"ACK ")):
+        return None
+    try:
+        msg = parse_message_untrusted(bytes(data))
+        if not isinstance(msg, Request):
+            return None
+        resp = make_response(msg, 503, "Service Unavailable")
+    except SIPError:
+        return None
+    resp.append("Retry-After", str(retry_after))
+    return resp.to_bytes()

@@ -20,9 +20,11 @@ import socket
 
 import trio
 
+from trioproxy.faults import contain
+from trioproxy.flood import FloodGate, Verdict
 from trioproxy.sip import Address, Keepalive, SIPError, StreamFramer, parse_message_untrusted
 
-from .inbound import answerable_request
+from .inbound import answerable_request, flood_reply
 from .types import Flow, Listen, Malformed, TransportConfig, TransportError, TransportStatistics, family_of
 
 __all__ = ["TCPConnection", "TCPListener", "TCPManager"]
@@ -135,6 +137,8 @@ class TCPManager:
         self._stats = stats
         self._send_channel = send_channel
         self._pending: dict[Address, _Pending] = {}
+        self.gate: FloodGate | None = None  # the ingress gate (pike), set by Transports
+        self.accepted_by_source: dict[str, int] = {}  # open accepted connections per remote IP
 
     async def accept_loop(self, listener: TCPListener) -> None:
         """Accept connections forever on ``listener``; each gets a receive task."""
@@ -160,6 +164,9 @@ class TCPManager:
             except OSError:
                 sock.close()
                 continue
+            if not self._admit_connection(peer[0]):
+                sock.close()
+                continue
             stream = trio.SocketStream(sock)
             local = Address("tcp", local_name[0], local_name[1])
             conn = TCPConnection(
@@ -170,7 +177,20 @@ class TCPManager:
                 send_timeout=self.config.send_timeout,
             )
             stats.tcp_connections_accepted += 1
+            self.accepted_by_source[peer[0]] = self.accepted_by_source.get(peer[0], 0) + 1
             self._start(conn)
+
+    def _admit_connection(self, ip: str) -> bool:
+        # Per connection, before any byte is read: the source's pike block and its share of connections.
+        gate = self.gate
+        if gate is not None and not gate.admit_connection(ip, trio.current_time()):
+            self._stats.tcp_connections_blocked += 1
+            return False
+        limit = self.config.max_connections_per_source
+        if limit and self.accepted_by_source.get(ip, 0) >= limit:
+            self._stats.tcp_connections_refused += 1
+            return False
+        return True
 
     def _start(self, conn: TCPConnection) -> None:
         assert self.nursery is not None
@@ -185,10 +205,19 @@ class TCPManager:
         try:
             with conn._scope:
                 await self._read_loop(conn)
+        except Exception as exc:  # boundary of a connection task: the connection closes, the server goes on
+            contain("tcp_connection", exc, detail=f"connection from {conn.remote}")
         finally:
             conn.closed = True
             if self.connections.get(conn.remote) is conn:
                 del self.connections[conn.remote]
+            if not conn.outbound:
+                host = conn.remote.host
+                left = self.accepted_by_source.get(host, 1) - 1
+                if left > 0:
+                    self.accepted_by_source[host] = left
+                else:
+                    self.accepted_by_source.pop(host, None)
             self._stats.tcp_connections_open -= 1
             self._stats.tcp_connections_closed += 1
             with trio.CancelScope(shield=True):
@@ -199,14 +228,25 @@ class TCPManager:
         stats = self._stats
         framer = StreamFramer(max_message_size=config.max_message_size)
         stream = conn.stream
+        gate = self.gate
+        host = conn.remote.host
+        partial_since: float | None = None  # when the unfinished message in the framer began
         while True:
             deadline = conn.last_activity + config.idle_timeout
+            if partial_since is not None and config.message_timeout > 0:
+                deadline = min(deadline, partial_since + config.message_timeout)
             with trio.move_on_at(deadline) as idle:
                 try:
                     data = await stream.receive_some(_READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     return
             if idle.cancelled_caught:
+                if partial_since is not None and config.message_timeout > 0:
+                    if trio.current_time() >= partial_since + config.message_timeout:
+                        # Slowloris: part of a message, then a trickle (or nothing) for too long.
+                        stats.tcp_message_timeouts += 1
+                        log.info("closing %r: message unfinished after %.1f s", conn, config.message_timeout)
+                        return
                 # A send may have refreshed last_activity meanwhile: only close when truly idle.
                 if trio.current_time() >= conn.last_activity + config.idle_timeout:
                     stats.tcp_idle_closed += 1
@@ -214,7 +254,10 @@ class TCPManager:
                 continue
             if not data:
                 return  # EOF
-            conn.last_activity = trio.current_time()
+            conn.last_activity = now = trio.current_time()
+            if gate is not None and gate.tracker.blocked and gate.tracker.is_blocked(host, now) and gate.action != "503":
+                stats.flood_dropped += 1
+                return  # a blocked source's connection: closed before its bytes are framed
             try:
                 items = framer.feed(data)
             except SIPError as exc:
@@ -222,6 +265,10 @@ class TCPManager:
                 stats.framing_errors += 1
                 log.debug("closing %r: framing error %s", conn, exc)
                 return
+            if not framer.buffered:
+                partial_since = None
+            elif partial_since is None or any(isinstance(item, bytes) for item in items):
+                partial_since = now
             for item in items:
                 if item is Keepalive.PING:
                     # RFC 5626 4.4.1: answer a double CRLF with a single CRLF.
@@ -233,7 +280,27 @@ class TCPManager:
                 elif item is Keepalive.PONG:
                     stats.keepalives += 1
                 elif isinstance(item, bytes):
-                    if not await self._deliver(item, conn):
+                    if gate is not None and (gate.enabled or gate.tracker.blocked):
+                        verdict = gate.admit(host, item, trio.current_time())
+                        if verdict is Verdict.DROP:
+                            stats.flood_dropped += 1
+                            return  # closes the connection: nothing more is read from a blocked source
+                        if verdict is Verdict.REJECT:
+                            reply = flood_reply(item, gate.retry_after)
+                            if reply is not None:
+                                stats.flood_rejected += 1
+                                try:
+                                    await conn.send(reply)
+                                except TransportError:
+                                    return
+                            continue
+                    try:
+                        delivered = await self._deliver(item, conn)
+                    except Exception as exc:  # boundary of one message: the connection goes on
+                        stats.parse_errors += 1
+                        contain("tcp_message", exc, detail=f"message from {conn.remote}")
+                        continue
+                    if not delivered:
                         return
 
     async def _deliver(self, data: bytes, conn: TCPConnection) -> bool:
@@ -248,9 +315,9 @@ class TCPManager:
                 return True
             item = Malformed(data, conn.remote, conn.flow, exc)
             stats.malformed_delivered += 1
-        except Exception:  # the parser promises SIPError only; a bug there must not end the server
-            log.exception("parser raised an unexpected error on a message from %s", conn.remote)
+        except Exception as exc:  # the parser promises SIPError only; a bug there must not end the server
             stats.parse_errors += 1
+            contain("tcp_message", exc, detail=f"parsing a message from {conn.remote}")
             return True
         else:
             msg.source = conn.remote

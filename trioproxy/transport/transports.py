@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import socket
-from collections.abc import Sequence
-from typing import Union
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Union
 
 import trio
 
+from trioproxy.faults import contain
+from trioproxy.flood import FloodGate
 from trioproxy.sip import Address, Message, Request, Response, SIPError
 
 from .tcp import TCPConnection, TCPListener, TCPManager
@@ -31,6 +33,7 @@ __all__ = ["Incoming", "Transports"]
 Incoming = Union[Request, Response, Malformed]  # noqa: UP007 - a runtime alias, kept readable for 3.11
 
 _LITERAL_CACHE_MAX = 4096
+_RESTART_PAUSE = 0.1  # seconds before a listener loop that failed starts again
 
 
 class Transports:
@@ -44,7 +47,9 @@ class Transports:
     costs several microseconds per message (scripts/bench_udp.py).
     """
 
-    def __init__(self, listens: Sequence[Listen], config: TransportConfig | None = None) -> None:
+    def __init__(
+        self, listens: Sequence[Listen], config: TransportConfig | None = None, *, gate: FloodGate | None = None
+    ) -> None:
         if not listens:
             raise ValueError("at least one Listen is needed")
         self.config = config or TransportConfig()
@@ -58,6 +63,9 @@ class Transports:
         self._tcp_listeners: list[TCPListener] = []
         self._tcp_by_family: dict[socket.AddressFamily, TCPListener] = {}
         self._tcp = TCPManager(self.config, self._stats, send)
+        # The ingress gate (pike, docs/LIMITS.md): consulted on every message before it is parsed.
+        self.gate = gate
+        self._tcp.gate = gate
         self._literal: dict[str, bool] = {}
         self._served = False
 
@@ -70,7 +78,7 @@ class Transports:
             for listen in self._listens:
                 try:
                     if listen.transport == "udp":
-                        endpoint = UDPEndpoint(listen, self.config, self._stats)
+                        endpoint = UDPEndpoint(listen, self.config, self._stats, self.gate)
                         self._udp.append(endpoint)
                         self._udp_by_family.setdefault(endpoint.family, endpoint)
                     else:
@@ -82,9 +90,11 @@ class Transports:
                     raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from exc
             async with trio.open_nursery() as nursery:
                 for endpoint in self._udp:
-                    nursery.start_soon(endpoint.receive_loop, self._send_channel.send_nowait)
+                    nursery.start_soon(
+                        _supervised, "udp_listener", endpoint.sock, endpoint.receive_loop, self._send_channel.send_nowait
+                    )
                 for listener in self._tcp_listeners:
-                    nursery.start_soon(self._tcp.accept_loop, listener)
+                    nursery.start_soon(_supervised, "tcp_listener", listener.socket, self._tcp.accept_loop, listener)
                 self._tcp.nursery = nursery
                 task_status.started()
                 await trio.sleep_forever()
@@ -222,6 +232,20 @@ class Transports:
             if family in self._udp_by_family or family in self._tcp_by_family:
                 return str(sockaddr[0])
         raise TransportError(f"no listener for the address family of {host}")
+
+
+async def _supervised(where: str, sock: Any, loop: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """The boundary of a listener's loop: a fault is logged and counted and the loop starts again (after a
+    short pause, so a fault that repeats cannot spin); it ends only with cancellation or a closed socket."""
+    while True:
+        try:
+            await loop(*args)
+            return
+        except Exception as exc:
+            if sock.fileno() == -1:
+                return  # closed under us: shutting down
+            contain(where, exc)
+        await trio.sleep(_RESTART_PAUSE)
 
 
 def _response_address(msg: Message, transport: str) -> Address:

@@ -70,8 +70,15 @@ class TransportConfig:
     send_timeout: float = 10.0
     # Largest message a TCP peer may send; also bounds the per-connection buffer.
     max_message_size: int = MAX_MESSAGE_SIZE
+    # Largest UDP datagram taken (larger ones are dropped before parsing, counted as ``oversize``).
+    udp_max_message_size: int = MAX_MESSAGE_SIZE
     # Connections open at once (accepted and opened); past it new accepts are closed at once.
     max_connections: int = 10000
+    # Connections accepted from one IP address at once (0: no limit); past it new accepts are closed at once.
+    max_connections_per_source: int = 0
+    # Seconds a stream may hold part of a message (a head without its blank line, a body still short)
+    # before the connection is closed (slowloris); 0: only the idle timeout applies.
+    message_timeout: float = 0.0
     # SO_REUSEPORT on every listener, so that several worker processes can share the SIP port.
     reuse_port: bool = False
     # Kernel buffer sizes for UDP sockets (None keeps the system default).
@@ -114,6 +121,8 @@ class TransportStatistics:
     udp_datagrams_in: int = 0
     udp_datagrams_out: int = 0
     udp_drops: int = 0  # ingress channel full
+    flood_dropped: int = 0  # messages of blocked sources dropped at the ingress gate (pike)
+    flood_rejected: int = 0  # requests of blocked sources answered 503 at the ingress gate
     udp_icmp_errors: int = 0  # ICMP unreachable reports read from the socket error queue
     tcp_messages_in: int = 0
     tcp_messages_out: int = 0
@@ -121,9 +130,12 @@ class TransportStatistics:
     tcp_connections_opened: int = 0  # outgoing
     tcp_connections_accepted: int = 0  # incoming
     tcp_connections_closed: int = 0
-    tcp_connections_refused: int = 0  # over max_connections
+    tcp_connections_refused: int = 0  # over max_connections or max_connections_per_source
+    tcp_connections_blocked: int = 0  # accepts closed at once: the source is blocked (pike)
+    tcp_message_timeouts: int = 0  # closed: a message stayed unfinished past message_timeout
     tcp_idle_closed: int = 0
     framing_errors: int = 0  # stream could not be framed: connection closed
+    oversize: int = 0  # UDP datagrams over udp_max_message_size, dropped unparsed
     parse_errors: int = 0  # messages that did not parse (dropped or delivered as Malformed)
     malformed_delivered: int = 0
     keepalives: int = 0  # RFC 5626 pings answered and pongs/blank datagrams ignored

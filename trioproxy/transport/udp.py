@@ -10,7 +10,9 @@ ICMP errors: Linux reports "port unreachable" for an unconnected UDP socket only
 ``IPV6_RECVERR``) set. Then the next syscall on the socket fails with ECONNREFUSED and the error queue
 (``recvmsg(MSG_ERRQUEUE)``) names the original destination. Whoever sees the error drains the queue into a
 small table of unreachable destinations; the next send to such a destination raises ``TransportError``
-(RFC 3261 18.4: an ICMP error is a transport failure for the transaction).
+(RFC 3261 18.4: an ICMP error is a transport failure for the transaction). A datagram received from a
+destination removes it from the table: a new peer that starts on the port of one that went away (a phone
+that restarts) is answered at once, never refused on the older report.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from typing import Any
 
 import trio
 
+from trioproxy.faults import contain
+from trioproxy.flood import FloodGate, Verdict
 from trioproxy.sip import Address, SIPError, parse_message_untrusted
 
-from .inbound import answerable_request, is_blank
+from .inbound import answerable_request, flood_reply, is_blank
 from .types import Flow, Listen, Malformed, TransportConfig, TransportError, TransportStatistics
 
 __all__ = ["UDPEndpoint"]
@@ -63,7 +67,9 @@ def _enable_recverr(sock: socket.socket, family: socket.AddressFamily) -> bool:
 class UDPEndpoint:
     """A bound UDP socket: ``receive_loop`` feeds ``incoming``; ``send`` writes one datagram."""
 
-    def __init__(self, listen: Listen, config: TransportConfig, stats: TransportStatistics) -> None:
+    def __init__(
+        self, listen: Listen, config: TransportConfig, stats: TransportStatistics, gate: FloodGate | None = None
+    ) -> None:
         family = listen.family
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -95,6 +101,8 @@ class UDPEndpoint:
         self._stats = stats
         self._flows: dict[tuple[Any, ...], Flow] = {}
         self._unreachable: dict[tuple[str, int], tuple[float, int]] = {}
+        self.gate = gate
+        self.max_message_size = config.udp_max_message_size
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
@@ -119,6 +127,10 @@ class UDPEndpoint:
         parse = parse_message_untrusted
         flows = self._flows
         stats = self._stats
+        unreachable = self._unreachable
+        gate = self.gate
+        tracker = gate.tracker if gate is not None else None
+        max_size = self.max_message_size
         handled = 0
         woke = False
         while True:
@@ -144,27 +156,57 @@ class UDPEndpoint:
                 continue
             woke = False
             stats.udp_datagrams_in += 1
-            flow = flows.get(addr)
-            if flow is None:
-                flow = self.flow_for(addr)
+            if unreachable:
+                # A datagram from an address proves it reachable now, whatever ICMP said of it before (a
+                # phone that comes back on the same port must be answered).
+                unreachable.pop((addr[0], addr[1]), None)
             try:
-                msg = parse(data)
-            except SIPError as exc:
-                self._reject(data, flow, exc, deliver)
-            except Exception:  # the parser promises SIPError only; a bug there must not stop the listener
-                log.exception("parser raised an unexpected error on a datagram from %s", flow.remote)
+                verdict = Verdict.PASS
+                if gate is not None and (gate.enabled or tracker.blocked):  # type: ignore[union-attr]
+                    # The ingress gate (pike): before anything is parsed, on the source address alone.
+                    verdict = gate.admit(addr[0], data, trio.current_time())
+                if verdict is not Verdict.PASS:
+                    self._refuse(data, addr, verdict)
+                elif len(data) > max_size:
+                    stats.oversize += 1  # [limits] udp_max_message_size: dropped unparsed
+                else:
+                    flow = flows.get(addr)
+                    if flow is None:
+                        flow = self.flow_for(addr)
+                    try:
+                        msg = parse(data)
+                    except SIPError as exc:
+                        self._reject(data, flow, exc, deliver)
+                    else:
+                        msg.source = flow.remote
+                        msg.flow = flow
+                        try:
+                            deliver(msg)
+                        except (trio.WouldBlock, trio.BrokenResourceError):
+                            stats.udp_drops += 1
+            except Exception as exc:  # boundary of one datagram: a bug here must not stop the listener
                 stats.parse_errors += 1
-            else:
-                msg.source = flow.remote
-                msg.flow = flow
-                try:
-                    deliver(msg)
-                except (trio.WouldBlock, trio.BrokenResourceError):
-                    stats.udp_drops += 1
+                contain("udp", exc, detail=f"datagram from {addr[0]}:{addr[1]}")
             handled += 1
             if handled >= _BATCH:
                 handled = 0
                 await trio.lowlevel.checkpoint()
+
+    def _refuse(self, data: bytes, addr: tuple[Any, ...], verdict: Verdict) -> None:
+        # A blocked source: dropped, or answered 503 to its source address (never to its Via, which could
+        # name a third party) without a transaction.
+        if verdict is Verdict.REJECT and self.gate is not None:
+            reply = flood_reply(data, self.gate.retry_after)
+            if reply is not None:
+                try:
+                    self.sock.sendto(reply, addr)
+                except OSError:
+                    pass
+                else:
+                    self._stats.udp_datagrams_out += 1
+                    self._stats.flood_rejected += 1
+                    return
+        self._stats.flood_dropped += 1
 
     def _reject(self, data: bytes, flow: Flow, exc: SIPError, deliver: Deliver) -> None:
         stats = self._stats
