@@ -44,7 +44,15 @@ def _parser() -> argparse.ArgumentParser:
         "--listen",
         action="append",
         metavar="TRANSPORT:HOST:PORT",
-        help="listen on udp:HOST:PORT or tcp:HOST:PORT (repeatable; IPv6 as udp:[::1]:5060); replaces the config's",
+        help="listen on udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT (repeatable; IPv6 as udp:[::1]:5060); "
+        "replaces the config's",
+    )
+    run.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM) for tls listeners ([tls] cert)")
+    run.add_argument("--tls-key", metavar="FILE", help="its private key (PEM) ([tls] key)")
+    run.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="CA (PEM) that must sign client certificates (sets [tls] ca and verify_client); also verifies servers",
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
     run.add_argument("--log-format", choices=["text", "json"], help="log lines for people (text) or machines")
@@ -139,6 +147,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         timers["timer_c"] = args.timer_c
     if timers:
         out["timers"] = timers
+    tls: dict[str, Any] = {}
+    if args.tls_cert:
+        tls["cert"] = args.tls_cert
+    if args.tls_key:
+        tls["key"] = args.tls_key
+    if args.tls_ca:
+        tls["ca"] = args.tls_ca
+        tls["verify_client"] = True
+    if tls:
+        out["tls"] = tls
     return out
 
 

@@ -55,7 +55,7 @@ class ListenSpec:
         return f"{self.transport}:{host}:{self.port}"
 
 
-_TRANSPORTS = ("udp", "tcp")
+_TRANSPORTS = ("udp", "tcp", "tls")
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -79,12 +79,12 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
 
 
 def parse_listen(text: str) -> ListenSpec:
-    """``udp:HOST:PORT`` / ``tcp:[::1]:5060``."""
+    """``udp:HOST:PORT`` / ``tcp:[::1]:5060`` / ``tls:HOST:PORT`` (default port 5061)."""
     transport, sep, rest = text.partition(":")
     transport = transport.lower()
     if not sep or transport not in _TRANSPORTS:
-        raise ValueError(f"expected udp:HOST:PORT or tcp:HOST:PORT, got {text!r}")
-    host, port = parse_hostport(rest, 5060)
+        raise ValueError(f"expected udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT, got {text!r}")
+    host, port = parse_hostport(rest, 5061 if transport == "tls" else 5060)
     try:
         ipaddress.ip_address(host)
     except ValueError as exc:
@@ -212,6 +212,18 @@ class HtableSection:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSection:
+    # TLS listeners (tls:HOST:PORT) and outgoing TLS (sips: and transport=tls next hops); PEM files.
+    cert: str = ""  # certificate chain of the proxy (needed by a tls listener); reloaded on SIGHUP
+    key: str = ""  # its private key
+    ca: str = ""  # CA bundle verifying client certificates and servers' ("": the system's for servers)
+    verify_client: bool = False  # clients of a tls listener must present a certificate signed by ca
+    verify_server: bool = True  # check a server's certificate chain and name (SNI) when connecting
+    min_version: str = "TLSv1.2"  # "TLSv1.2" or "TLSv1.3"
+    handshake_timeout: float = 10.0  # seconds a handshake may take before the connection is closed
+
+
+@dataclass(frozen=True, slots=True)
 class MgmtSection:
     listen: str = "127.0.0.1:9060"  # the management HTTP API (HOST:PORT); "" turns it off
     token: str = ""  # when set, requests need "Authorization: Bearer TOKEN"
@@ -237,6 +249,7 @@ class Config:
     auth: AuthSection = field(default_factory=AuthSection)
     pike: PikeSection = field(default_factory=PikeSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    tls: TlsSection = field(default_factory=TlsSection)
     # [htable.NAME] tables, by name (not a section of its own: see load_config).
     htable: tuple[tuple[str, HtableSection], ...] = ()
 
@@ -375,6 +388,7 @@ def _check(config: Config, text: str | None, source: str | None) -> None:
     if not config.auth.algorithms or any(a not in ("SHA-256", "MD5") for a in config.auth.algorithms):
         raise ConfigError("auth.algorithms", 'expected a list of "SHA-256" and/or "MD5"', _line_of(text, "auth.algorithms"), source)
     _check_limits(config, text, source)
+    _check_tls(config, text, source)
     for name in ("t1", "t2", "t4", "timer_c"):
         if getattr(config.timers, name) <= 0:
             raise ConfigError(f"timers.{name}", "must be positive", _line_of(text, f"timers.{name}"), source)
@@ -417,6 +431,25 @@ def _check_limits(config: Config, text: str | None, source: str | None) -> None:
         if table.autoexpire < 0 or table.size <= 0:
             key = f"htable.{name}"
             raise ConfigError(key, "autoexpire must not be negative and size must be positive", _line_of(text, key), source)
+
+
+def _check_tls(config: Config, text: str | None, source: str | None) -> None:
+    tls = config.tls
+    if tls.min_version not in ("TLSv1.2", "TLSv1.3"):
+        raise ConfigError("tls.min_version", "expected 'TLSv1.2' or 'TLSv1.3'", _line_of(text, "tls.min_version"), source)
+    if tls.handshake_timeout <= 0:
+        raise ConfigError("tls.handshake_timeout", "must be positive", _line_of(text, "tls.handshake_timeout"), source)
+    if tls.verify_client and not tls.ca:
+        raise ConfigError("tls.verify_client", "needs tls.ca (the CA that signs client certificates)", _line_of(text, "tls.verify_client"), source)
+    if bool(tls.cert) != bool(tls.key):
+        key = "tls.key" if tls.cert else "tls.cert"
+        raise ConfigError(key, "tls.cert and tls.key go together", _line_of(text, key), source)
+    if any(spec.transport == "tls" for spec in config.listens) and not tls.cert:
+        raise ConfigError("tls.cert", "a tls listener needs tls.cert and tls.key (or --tls-cert/--tls-key)", _line_of(text, "proxy.listen"), source)
+    for name in ("cert", "key", "ca"):
+        path = getattr(tls, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"tls.{name}", f"cannot read {path!r}", _line_of(text, f"tls.{name}"), source)
 
 
 def _build_htables(data: Any, text: str | None, source: str | None) -> tuple[tuple[str, HtableSection], ...]:

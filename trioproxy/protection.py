@@ -76,7 +76,9 @@ class Protection:
     @classmethod
     def start(cls, config: Config) -> Protection:
         """Build from ``config``, apply the parser limits, make the flood service current."""
-        set_parser_limits(max_headers=config.limits.max_headers, max_line_length=config.limits.max_line_length)
+        set_parser_limits(
+            max_headers=config.limits.max_headers, max_line_length=config.limits.max_line_length
+        )
         protection = cls(config)
         set_flood_service(protection.service)
         return protection
@@ -85,7 +87,9 @@ class Protection:
         """Let failed digest authentications feed the tracker (``[pike] auth_failures``)."""
         if self.config.pike.auth_failures > 0:
             tracker = self.service.tracker
-            failures.listeners.append(lambda source: source and tracker.auth_failed(source, trio.current_time()))
+            failures.listeners.append(
+                lambda source: source and tracker.auth_failed(source, trio.current_time())
+            )
 
     def apply(self, proxy: Proxy, transports: Transports) -> None:
         """Set the proxy core's limits (and read the transports' counters for the metrics)."""
@@ -111,7 +115,9 @@ class Protection:
             "dropped": st.dropped,
             "rejected": st.rejected,
             "evicted": st.evicted,
-            "pipes": self.service.limiter.snapshot() if len(self.service.limiter) <= 100 else len(self.service.limiter),
+            "pipes": self.service.limiter.snapshot()
+            if len(self.service.limiter) <= 100
+            else len(self.service.limiter),
             "pipe_refused": self.service.limiter.refused,
         }
         if self.proxy is not None:
@@ -124,7 +130,9 @@ class Protection:
         now = trio.current_time()
         yield MetricFamily.single("trioproxy_pike_blocked_sources", "gauge", "Sources blocked by flood protection now",
                                   len(tracker.entries(now)))  # fmt: skip
-        yield MetricFamily.single("trioproxy_pike_blocks", "counter", "Blocks started by flood protection", st.blocks)
+        yield MetricFamily.single(
+            "trioproxy_pike_blocks", "counter", "Blocks started by flood protection", st.blocks
+        )
         yield MetricFamily(
             "trioproxy_pike_messages_refused", "counter", "Messages of blocked sources, by what they got",
             [Sample(st.dropped, {"action": "drop"}), Sample(st.rejected, {"action": "503"})],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -28,7 +29,7 @@ from trioproxy.routing.router import LuaRouter
 from trioproxy.service import LoopLag, ProxyMgmtApp, reload_script
 from trioproxy.sip import Request, Response, parse_uri_untrusted
 from trioproxy.transaction import Timers
-from trioproxy.transport import Listen, Transports
+from trioproxy.transport import Listen, TLSContexts, TLSSettings, Transports
 
 __all__ = ["build_router", "serve"]
 
@@ -56,6 +57,22 @@ def build_router(config: Config, registrar: Registrar | None = None) -> Router:
     if registrar is not None and config.registrar.enabled:
         return LocationRouter(registrar, next_hop=next_hop, stages=stages, record_route=config.proxy.record_route)
     return StaticRouter(next_hop=next_hop, stages=stages, record_route=config.proxy.record_route)
+
+
+def build_tls(config: Config) -> TLSContexts | None:
+    """The TLS contexts when a tls listener or a certificate is configured (else None: no TLS at all)."""
+    t = config.tls
+    if not t.cert and not any(spec.transport == "tls" for spec in config.listens):
+        return None
+    settings = TLSSettings(
+        cert=t.cert,
+        key=t.key,
+        ca=t.ca,
+        verify_client=t.verify_client,
+        verify_server=t.verify_server,
+        min_version=t.min_version,
+    )
+    return TLSContexts(settings)
 
 
 def build_locator(config: Config) -> Locator:
@@ -150,7 +167,8 @@ async def serve(
     """Run the proxy until SIGINT/SIGTERM (or cancellation)."""
     listens = [Listen(s.transport, s.host, s.port) for s in config.listens]
     protection = Protection.start(config)
-    transports = Transports(listens, transport_config(config), gate=protection.gate)
+    tconfig = dataclasses.replace(transport_config(config), handshake_timeout=config.tls.handshake_timeout)
+    transports = Transports(listens, tconfig, gate=protection.gate, tls=build_tls(config))
     timers = Timers(t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4, timer_c=config.timers.timer_c)
     locator = build_locator(config)
     operator = OperatorRuntime.start(config)
@@ -212,10 +230,12 @@ async def serve(
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
+                    sdnotify.reloading()
                     if holder is not None:
-                        sdnotify.reloading()
                         reload_script(holder, "SIGHUP")
-                        sdnotify.ready()
+                    # New connections use the certificate read now; open ones keep theirs.
+                    transports.reload_tls()
+                    sdnotify.ready()
                     continue
                 if proxy.draining:
                     log.info("received %s again, exiting now", name)

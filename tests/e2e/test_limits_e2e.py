@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -26,23 +27,28 @@ PER_SOURCE = 8  # accepted TCP connections per source address
 MESSAGE_TIMEOUT = 1.0
 
 
-
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, ProxyRun]]:
     lab = Lab(tmp_path_factory.mktemp("limits"))
     try:
         proxy = lab.proxy(
             script=str(SCRIPT),
-            settings={
-                "pike": {
-                    "enabled": True,
-                    "sampling_time_unit": 1.0,
-                    "reqs_density_per_unit": DENSITY,
-                    "block_time": BLOCK_TIME,
-                    "trusted": ["127.0.0.3/32", "127.0.0.4/32", "127.0.0.5/32", "127.0.0.6/32"],
+            settings=cast(
+                Any,
+                {
+                    "pike": {
+                        "enabled": True,
+                        "sampling_time_unit": 1.0,
+                        "reqs_density_per_unit": DENSITY,
+                        "block_time": BLOCK_TIME,
+                        "trusted": ["127.0.0.3/32", "127.0.0.4/32", "127.0.0.5/32", "127.0.0.6/32"],
+                    },
+                    "limits": {
+                        "tcp_max_connections_per_source": PER_SOURCE,
+                        "tcp_message_timeout": MESSAGE_TIMEOUT,
+                    },
                 },
-                "limits": {"tcp_max_connections_per_source": PER_SOURCE, "tcp_message_timeout": MESSAGE_TIMEOUT},
-            },
+            ),  # a list value: the lab writes every value as JSON, which TOML reads
         )
         yield lab, proxy
     finally:
@@ -82,7 +88,7 @@ def _answers(sock: socket.socket, seconds: float) -> list[bytes]:
 def _mgmt_stats(lab: Lab) -> dict[str, object]:
     out = (lab.workdir / "proxy0.out").read_text()
     url = next(line.split(" on ", 1)[1].strip() for line in out.splitlines() if "management API on" in line)
-    with urllib.request.urlopen(f"{url}/stats", timeout=5) as reply:  # noqa: S310 - loopback, our own proxy
+    with urllib.request.urlopen(f"{url}/stats", timeout=5) as reply:
         data: dict[str, object] = json.loads(reply.read())
     return data
 
@@ -151,7 +157,9 @@ def _closed_by_peer(sock: socket.socket, within: float) -> bool:
         return False
 
 
-def test_tcp_connections_beyond_the_per_source_limit_are_closed_at_once(guarded: tuple[Lab, ProxyRun]) -> None:
+def test_tcp_connections_beyond_the_per_source_limit_are_closed_at_once(
+    guarded: tuple[Lab, ProxyRun],
+) -> None:
     _lab, proxy = guarded
     kept = [_connect("127.0.0.3", proxy.port) for _ in range(PER_SOURCE)]
     try:
@@ -200,7 +208,9 @@ def test_max_breadth_is_honoured_and_set(guarded: tuple[Lab, ProxyRun]) -> None:
     try:
         sport = sender.getsockname()[1]
         request = _options(proxy.port, "127.0.0.6", sport, method="MESSAGE", extra="Max-Breadth: 2\r\n")
-        request = request.replace(f"sip:svc@{HOST}:{proxy.port} SIP".encode(), f"sip:svc@{HOST}:{tport} SIP".encode())
+        request = request.replace(
+            f"sip:svc@{HOST}:{proxy.port} SIP".encode(), f"sip:svc@{HOST}:{tport} SIP".encode()
+        )
         sender.sendto(request, (HOST, proxy.port))
         answers = _answers(sender, 1.0)
         assert any(a.startswith(b"SIP/2.0 440 ") for a in answers), answers
@@ -208,7 +218,9 @@ def test_max_breadth_is_honoured_and_set(guarded: tuple[Lab, ProxyRun]) -> None:
 
         # Without the header the proxy's own breadth (60) is shared by the three branches.
         request = _options(proxy.port, "127.0.0.6", sport, method="MESSAGE")
-        request = request.replace(f"sip:svc@{HOST}:{proxy.port} SIP".encode(), f"sip:svc@{HOST}:{tport} SIP".encode())
+        request = request.replace(
+            f"sip:svc@{HOST}:{proxy.port} SIP".encode(), f"sip:svc@{HOST}:{tport} SIP".encode()
+        )
         sender.sendto(request, (HOST, proxy.port))
         forked = _answers(target, 1.0)
         firsts = {f for f in forked if f.startswith(b"MESSAGE ")}

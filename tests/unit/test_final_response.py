@@ -181,6 +181,27 @@ end
         assert not [s for s in rt.net.sent if s.dest == Address("udp", "127.0.0.23", 5060)]
 
 
+async def test_sl_reply_error_after_a_refused_relay_answers_487(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Kamailio's `if t_relay() < 0 then sl_reply_error() end` after a CANCEL: the caller gets 487, not 500."""
+    routes = """
+function failure()
+  if KSR.tm.t_next_contacts() > 0 then
+    if KSR.tm.t_relay() < 0 then KSR.sl.sl_reply_error() end
+  end
+end
+"""
+    async with RouteTest(script(tmp_path, routes)) as rt:
+        await rt.register("bob", VOICEMAIL, q=0.5)
+        call, desk, mobile = await two_ringing(rt)
+        await cancel(rt, call)
+        assert await desk.cancelled() and await mobile.cancelled()
+        final = await one_final(call)
+        assert (final.status, final.reason) == (487, "Request Terminated")
+        assert not [s for s in rt.net.sent if s.dest == Address("udp", "127.0.0.23", 5060)]
+
+
 async def test_cancel_during_second_serial_stage(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
     """Stage 1 answers 486, stage 2 rings and is cancelled: the caller gets the 487, not the earlier 486."""
     routes = """

@@ -3,8 +3,10 @@ proxy core's transaction limit (virtual time), and the configuration of it all."
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,11 +23,14 @@ from trioproxy.transport.inbound import flood_reply
 A = Address("udp", "127.0.0.11", 5060)
 
 
-def tracker(**kw: float) -> PikeTracker:
-    return PikeTracker(PikeConfig(**{"sampling_time_unit": 2.0, "reqs_density_per_unit": 10, "block_time": 30.0, **kw}))  # type: ignore[arg-type]
+def tracker(**kw: Any) -> PikeTracker:
+    base = PikeConfig(sampling_time_unit=2.0, reqs_density_per_unit=10, block_time=30.0)
+    return PikeTracker(dataclasses.replace(base, **kw))
 
 
-def test_a_source_over_the_density_is_blocked_for_block_time_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_source_over_the_density_is_blocked_for_block_time_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     t = tracker()
     caplog.set_level(logging.INFO, "trioproxy.flood")
     assert all(t.check("192.0.2.1", 100.0 + i * 0.01) for i in range(10))
@@ -162,9 +167,18 @@ def test_configuration_of_pike_limits_and_htables(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.pike.enabled and config.pike.action == "503"
     assert config.limits.max_transactions_per_source == 5
-    assert [(n, t.autoexpire, t.updateexpire) for n, t in config.htable] == [("ipban", 300.0, True), ("rl", 10.0, False)]
-    for bad in ('[pike]\naction = "reject"\n', '[pike]\ntrusted = ["nope"]\n', "[limits]\nmax_headers = 0\n",
-                "[htable.x]\nautoexpire = -1\n", "[htable]\nx = 1\n", "[limits]\nudp_max_message_size = 70000\n"):
+    assert [(n, t.autoexpire, t.updateexpire) for n, t in config.htable] == [
+        ("ipban", 300.0, True),
+        ("rl", 10.0, False),
+    ]
+    for bad in (
+        '[pike]\naction = "reject"\n',
+        '[pike]\ntrusted = ["nope"]\n',
+        "[limits]\nmax_headers = 0\n",
+        "[htable.x]\nautoexpire = -1\n",
+        "[htable]\nx = 1\n",
+        "[limits]\nudp_max_message_size = 70000\n",
+    ):
         path.write_text(bad)
         with pytest.raises(ConfigError):
             load_config(path)
@@ -219,7 +233,10 @@ async def test_ksr_pike_and_pipelimit_answer_what_the_script_says(
     service = FloodService(tracker(reqs_density_per_unit=4), RateLimiter(interval=10.0))
     with use_flood_service(service):
         async with RouteTest(path) as rt:
-            statuses = [(await (await rt.call("sip:bob@example.com", method="MESSAGE")).final()).status for _ in range(3)]
+            statuses = [
+                (await (await rt.call("sip:bob@example.com", method="MESSAGE")).final()).status
+                for _ in range(3)
+            ]
             assert statuses == [200, 200, 503]  # the pipe of MESSAGE admits 2 per interval
             assert (await (await rt.call("sip:bob@example.com", method="OPTIONS")).final()).status == 200
             flooding = await (await rt.call("sip:bob@example.com", method="OPTIONS")).final()
@@ -227,3 +244,41 @@ async def test_ksr_pike_and_pipelimit_answer_what_the_script_says(
             assert service.tracker.is_blocked(CALLER.host, trio.current_time())
             await trio.sleep(31)
             assert (await (await rt.call("sip:bob@example.com", method="OPTIONS")).final()).status == 200
+
+
+async def test_the_transports_gate_answers_503_on_udp_and_tcp_before_anything_reaches_incoming() -> None:
+    from trioproxy.transport import Listen, Transports
+
+    gate = FloodGate(tracker(reqs_density_per_unit=3, block_time=60.0), enabled=True, action="503")
+    transports = Transports([Listen("udp", "127.0.0.1", 0), Listen("tcp", "127.0.0.1", 0)], gate=gate)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transports.serve)
+        udp_port = transports.local_address("udp").port
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        for n in range(6):
+            await sock.sendto(invite(method="OPTIONS", call_id=f"u{n}"), ("127.0.0.1", udp_port))
+        delivered: list[Any] = []
+        with trio.move_on_after(2):
+            while len(delivered) < 3:
+                delivered.append(await transports.incoming.receive())
+        assert [m.call_id for m in delivered] == ["u0", "u1", "u2"]
+        answers: list[bytes] = []
+        with trio.move_on_after(2):
+            while len(answers) < 3:
+                answers.append(await sock.recv(65535))
+        assert len(answers) == 3
+        assert all(a.startswith(b"SIP/2.0 503 ") and b"\r\nRetry-After: 60\r\n" in a for a in answers)
+        # The same source over TCP: refused per message, before parsing, on the same connection.
+        stream = await trio.open_tcp_stream("127.0.0.1", transports.local_address("tcp").port)
+        await stream.send_all(invite(method="OPTIONS", call_id="t0").replace(b"UDP", b"TCP"))
+        with trio.fail_after(2):
+            data = await stream.receive_some(65535)
+        assert data.startswith(b"SIP/2.0 503 ") and b"Call-ID: t0\r\n" in data
+        with pytest.raises(trio.WouldBlock):
+            transports.incoming.receive_nowait()
+        stats = transports.statistics()
+        assert stats.flood_rejected == 4
+        await stream.aclose()
+        sock.close()
+        nursery.cancel_scope.cancel()

@@ -401,3 +401,26 @@ end
         for req in legs.values():
             assert req.get("Max-Forwards") == "9" and not req.has("User-Agent")
             assert (req.get("X-Top"), req.get("X-End")) == ("1", "2")
+
+
+async def test_tmx_route_kind_checks(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """KSR.tmx.t_is_*_route: true only in that kind of route (Kamailio's example adds ;nat=yes in branch routes)."""
+    body = """
+function ksr_request_route()
+  if KSR.tmx.t_is_request_route() > 0 and KSR.tmx.t_is_branch_route() < 0 then
+    KSR.hdr.append("X-Request-Route: 1\\r\\n")
+  end
+  KSR.tm.t_on_branch("per_branch")
+  KSR.tm.t_relay()
+end
+function per_branch()
+  if KSR.tmx.t_is_branch_route() > 0 and KSR.tmx.t_is_failure_route() < 0 then
+    KSR.hdr.append("X-Branch-Route: 1\\r\\n")
+  end
+end
+"""
+    async with RouteTest(script(tmp_path, body)) as rt:
+        call = await rt.call("sip:bob@127.0.0.30")
+        (leg,) = await call.branches(1)
+        assert leg.request.get_all("X-Request-Route") == ["1"]
+        assert leg.request.get_all("X-Branch-Route") == ["1"]

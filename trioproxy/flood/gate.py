@@ -51,10 +51,13 @@ class FloodGate:
         return self._refuse(tracker, ip, data, now, counted=True)
 
     def admit_connection(self, ip: str, now: float) -> bool:
-        """A stream connection from ``ip``: refused while it is blocked; with ``enabled`` each accepted
-        connection counts as a request (a connection flood blocks its source)."""
+        """A stream connection from ``ip``: refused while it is blocked (accepted with ``action = "503"``, so
+        that its requests can be answered); with ``enabled`` each accepted connection counts as a request
+        (a connection flood blocks its source)."""
         tracker = self.tracker
         if tracker.blocked and tracker.is_blocked(ip, now):
+            if self.action == "503":
+                return True  # its requests are answered 503 one by one, on this connection
             tracker.stats.dropped += 1
             return False
         if not self.enabled:

@@ -161,7 +161,12 @@ class PikeTracker:
         src.count += 1
         estimate = src.previous * (1.0 - elapsed / unit) + src.count
         if estimate > self.config.reqs_density_per_unit:
-            self._block(ip, src, now, f"{src.count} requests in {elapsed:.2f} s after {src.previous} in the last window")
+            self._block(
+                ip,
+                src,
+                now,
+                f"{src.count} requests in {elapsed:.2f} s after {src.previous} in the last window",
+            )
             return False
         return True
 
@@ -181,7 +186,9 @@ class PikeTracker:
             return True
         return False
 
-    def block(self, ip: str, now: float, reason: str = "blocked by the script", seconds: float | None = None) -> None:
+    def block(
+        self, ip: str, now: float, reason: str = "blocked by the script", seconds: float | None = None
+    ) -> None:
         """Block ``ip`` from ``now`` (for ``block_time`` unless ``seconds`` is given)."""
         if ip in self.trusted:
             return

@@ -130,6 +130,7 @@ class RequestContext:
     to_tag: str = ""
     canceled: bool = False
     trying_sent: bool = False  # the automatic 100 Trying of an INVITE went upstream
+    reply_no_connect: bool = False  # Kamailio's set_reply_no_connect: responses only over an open connection
     rc: ResponseContext = field(init=False)
     branches: list[Branch] = field(default_factory=list)
     pending_stage: list[Target] | None = None

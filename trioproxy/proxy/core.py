@@ -85,7 +85,8 @@ class TransportLike(Protocol):
 
     async def send_request(self, msg: Request, dest: Address) -> None: ...
 
-    async def send_response(self, msg: Response, flow: Any) -> None: ...
+    async def send_response(self, msg: Response, flow: Any) -> None:
+        """Also takes ``no_connect=True`` (passed only when set): never open a connection for it."""
 
     def local_address(self, transport: str, family: socket.AddressFamily = socket.AF_INET) -> Address: ...
 
@@ -333,7 +334,7 @@ class Proxy:
             if tracer is not None and tracer.active:
                 tracer.message("out", action.msg, getattr(action.flow, "remote", None))
             try:
-                await self.transports.send_response(action.msg, action.flow)
+                await self._send_response(action.msg, action.flow, action.txn)
             except (TransportError, OSError) as exc:
                 log.info("sending a %s response failed: %s", action.msg.status, exc)
                 if action.txn is not None:
@@ -353,6 +354,14 @@ class Proxy:
         elif isinstance(action, StrayResponse):
             self.stats.stray_responses += 1  # RFC 6026: a transaction-stateful proxy drops them
 
+    async def _send_response(self, msg: Response, flow: Any, txn: ServerTransaction | None) -> None:
+        # KSR.set_reply_no_connect(): the request's responses only go over a connection that is open.
+        ctx = txn.user if txn is not None else None
+        if isinstance(ctx, RequestContext) and ctx.reply_no_connect:
+            await self.transports.send_response(msg, flow, no_connect=True)  # type: ignore[call-arg]
+        else:
+            await self.transports.send_response(msg, flow)
+
     def _to_branch(self, txn: ClientTransaction, event: BranchEvent) -> None:
         branch = txn.user
         if isinstance(branch, Branch):
@@ -363,7 +372,10 @@ class Proxy:
     async def respond(self, ctx: RequestContext, response: Response) -> None:
         """Send a response upstream through the request's server transaction."""
         if ctx.server_txn is None:
-            await self.transports.send_response(response, ctx.original.flow)
+            if ctx.reply_no_connect:
+                await self.transports.send_response(response, ctx.original.flow, no_connect=True)  # type: ignore[call-arg]
+            else:
+                await self.transports.send_response(response, ctx.original.flow)
             return
         await self.execute(self.table.respond(ctx.server_txn, response, trio.current_time()))
         self._kick_timer()
@@ -411,7 +423,15 @@ class Proxy:
             contain("branch", again, call_id=call_id_of(ctx.original), detail="ending the branch")
 
     async def locate(self, uri: URI) -> list[Address]:
-        return await self._locate(uri)
+        dests = await self._locate(uri)
+        note = getattr(self.transports, "note_server_name", None)
+        if note is not None:
+            # A TLS next hop located by name is verified against that name (RFC 5922), not its address.
+            name = (uri.params.get("maddr") or uri.host).strip("[]")
+            for dest in dests:
+                if dest.transport == "tls":
+                    note(dest, name)
+        return dests
 
     def filter_blocked(self, dests: list[Address]) -> list[Address]:
         if self.blocklist is None:

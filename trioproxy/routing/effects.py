@@ -62,7 +62,10 @@ async def _sl_reply(state: RequestState, services: RouteServices, args: tuple[An
 
 
 async def _sl_reply_error(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
-    return await _reply(state, services, 500, "Server Internal Error")
+    # Kamailio answers with the reason of the last internal error: a relay refused because the caller
+    # cancelled is a 487 (the final the caller expects after its CANCEL), anything else a 500.
+    code, reason = state.last_error or (500, "Server Internal Error")
+    return await _reply(state, services, code, reason)
 
 
 async def _relay(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
@@ -71,6 +74,10 @@ async def _relay(state: RequestState, services: RouteServices, args: tuple[Any, 
     rc = await services.relay(state)
     if rc > 0:
         state.relayed += 1
+    elif rc == -2 or state.canceled:  # refused: the transaction was cancelled (or ended by a 6xx)
+        state.last_error = (487, "Request Terminated")
+    else:
+        state.last_error = (500, "Server Internal Error")
     return rc
 
 

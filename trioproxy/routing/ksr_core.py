@@ -247,6 +247,12 @@ class Core(_Mod):
             stamp_rport(st.original, src.host, src.port)
         return 1
 
+    def set_reply_no_connect(self) -> int:
+        """Responses to this request (local and relayed) go only over a connection that is open (TCP, TLS):
+        when the request's connection has closed, the response is dropped instead of opening a new one."""
+        self._st.reply_no_connect = True
+        return 1
+
     def is_myself(self, uri: str) -> bool:
         return self._ctx.uri_is_myself(uri)
 

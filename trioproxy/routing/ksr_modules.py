@@ -200,6 +200,18 @@ class Tmx(_Mod):
         self._st.req  # noqa: B018  (a request is required)
         return -1
 
+    def t_is_branch_route(self) -> int:
+        return _b(self._st.route == "branch")
+
+    def t_is_failure_route(self) -> int:
+        return _b(self._st.route == "failure")
+
+    def t_is_reply_route(self) -> int:
+        return _b(self._st.route == "reply")
+
+    def t_is_request_route(self) -> int:
+        return _b(self._st.route == "request")
+
 
 class Corex(_Mod):
     """``KSR.corex``."""

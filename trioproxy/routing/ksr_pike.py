@@ -29,7 +29,14 @@ from trioproxy.flood import PikeTracker, RateLimiter
 from .ksr_core import _Mod
 from .pv import get_pv
 
-__all__ = ["FloodService", "Pike", "Pipelimit", "current_flood_service", "set_flood_service", "use_flood_service"]
+__all__ = [
+    "FloodService",
+    "Pike",
+    "Pipelimit",
+    "current_flood_service",
+    "set_flood_service",
+    "use_flood_service",
+]
 
 
 def _now() -> float:

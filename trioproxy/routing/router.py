@@ -80,12 +80,14 @@ class ProxyServices:
     async def send_reply(
         self, state: RequestState, status: int, reason: str, headers: Sequence[tuple[str, str]]
     ) -> int:
+        self.ctx.reply_no_connect = state.reply_no_connect
         ok = await self.ctx.reply(status, reason, headers)
         if ok and status >= 200:
             state.replied = (status, reason)
         return 1 if ok else -1
 
     async def trying(self, state: RequestState) -> None:
+        self.ctx.reply_no_connect = state.reply_no_connect
         await self.ctx.send_trying()
 
     def _targets(self, state: RequestState) -> list[Target]:
@@ -118,6 +120,7 @@ class ProxyServices:
         if state.fr_inv_timeout:
             ctx.fr_inv_timeout = state.fr_inv_timeout / 1000.0
         ctx.decrement_max_forwards = not state.maxfwd_processed
+        ctx.reply_no_connect = state.reply_no_connect
         rc = await ctx.relay(targets)
         if rc > 0:
             state.relayed += 1
@@ -143,6 +146,7 @@ class ProxyServices:
         response = await self.router.registrar.save(
             ctx.original, now=time.time(), received=state.received_uri, flags=flags
         )
+        ctx.reply_no_connect = state.reply_no_connect
         await ctx.send(response)
         ctx.note("save", table=table, status=response.status)
         state.replied = (response.status, response.reason)
@@ -209,6 +213,7 @@ class LuaRouter(Router):
     async def on_request(self, ctx: RequestContext) -> None:
         lua = self._begin(ctx)
         await self._run(ctx, lua, "request")
+        ctx.reply_no_connect = lua.state.reply_no_connect
         if lua.state.dropped:
             ctx.dropped = True
         elif ctx.stateless or ctx.original.method == "ACK":

@@ -34,6 +34,7 @@ class RequestState:
 
     msg: Request | Response
     local: Address | None = None  # where it arrived ($Ri, $Rp)
+    route: str = "request"  # the kind of route running: request, failure, branch, reply (KSR.tmx.t_is_*)
     request: Request | None = None  # reply/failure routes: the transaction's request
     original: Request | None = None  # the request as received (the server transaction answers from it)
     response: Response | None = None  # input: the reply (reply route) or best reply (failure route)
@@ -64,9 +65,11 @@ class RequestState:
     rr_params: list[str] = field(default_factory=list)  # add_rr_param(";p=v")
     route_params: str = ""  # parameters of our own Route header popped by loose_route
     maxfwd_processed: bool = False  # process_maxfwd already adjusted Max-Forwards
+    reply_no_connect: bool = False  # set_reply_no_connect: responses only over a connection already open
     forced_dest: Address | None = None  # t_relay_to_proto_addr
     received_uri: str | None = None  # fix_nated_register: source to store with the binding
     relayed: int = 0  # number of successful t_relay calls
+    last_error: tuple[int, str] | None = None  # what sl_reply_error answers: the last failed relay's cause
 
     trace: list[tuple[str, tuple[object, ...], object]] | None = None  # KSR calls made, when recorded
 
@@ -128,6 +131,7 @@ class RequestState:
         replied: bool = True,
     ) -> None:
         """Prepare the state for a failure route: the best reply is ``response`` (None: none received)."""
+        self.route = "failure"
         self.response = response
         self.branch_timeout = timeout
         self.any_timeout = self.any_timeout or timeout
@@ -143,6 +147,7 @@ class RequestState:
         """A state for a reply route on ``response``, sharing this request's flags and variables."""
         return RequestState(
             msg=response,
+            route="reply",
             local=self.local,
             request=self.req,
             response=response,
@@ -158,6 +163,7 @@ class RequestState:
         """A state for a branch route on one branch's own copy of the request."""
         return RequestState(
             msg=branch_request,
+            route="branch",
             local=self.local,
             original=self.original,
             flags=self.flags,

@@ -1,8 +1,9 @@
-"""The trio transport layer: UDP and TCP listeners, flows, RFC 3581 and RFC 3261 18.2.2 response routing."""
+"""The trio transport layer: UDP, TCP and TLS listeners, flows, RFC 3581 and RFC 3261 18.2.2 response routing."""
 
 from __future__ import annotations
 
 from .tcp import TCPConnection
+from .tls import TLSContexts, TLSSettings
 from .transports import Incoming, Transports
 from .types import (
     Flow,
@@ -22,6 +23,8 @@ __all__ = [
     "Listen",
     "Malformed",
     "TCPConnection",
+    "TLSContexts",
+    "TLSSettings",
     "TransportConfig",
     "TransportError",
     "TransportStatistics",

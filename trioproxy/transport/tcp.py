@@ -1,4 +1,4 @@
-"""TCP: listeners, one receive task per connection, and a table of live connections for reuse.
+"""TCP and TLS: listeners, one receive task per connection, and a table of live connections for reuse.
 
 Theory of operation. Every connection, accepted or opened, gets a ``TCPConnection`` registered in the table
 under its remote address and a receive task in the serve nursery. The task frames the byte stream with the
@@ -10,6 +10,13 @@ TCP flow control, where UDP drops). It ends on EOF, a reset, a framing error, th
 RFC 3261 18.2.2 / RFC 5923: requests and responses reuse any live connection whose remote address is the
 destination, including connections the peer opened. Sends are serialised per connection by a lock and bounded
 by ``send_timeout``; a failed or timed-out write closes the connection.
+
+TLS is this same code over a ``trio.SSLStream`` (see ``tls.py``): a listener of transport ``"tls"`` wraps each
+accepted socket and the connection's task runs the server handshake first (bounded by ``handshake_timeout``:
+a client that never finishes it is closed); an outgoing ``"tls"`` connection finishes its handshake, server
+certificate checked, before it enters the table. The table is keyed by transport too, so a TCP and a TLS
+connection to the same address never stand in for each other. Limits (connections in total and per source,
+idle and message timeouts) count both alike.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from trioproxy.flood import FloodGate, Verdict
 from trioproxy.sip import Address, Keepalive, SIPError, StreamFramer, parse_message_untrusted
 
 from .inbound import answerable_request, flood_reply
+from .tls import TLSContexts
 from .types import Flow, Listen, Malformed, TransportConfig, TransportError, TransportStatistics, family_of
 
 __all__ = ["TCPConnection", "TCPListener", "TCPManager"]
@@ -38,23 +46,28 @@ _WILDCARDS = frozenset({"0.0.0.0", "::"})
 
 
 class TCPConnection:
-    """One TCP connection; ``flow.connection`` is this object. ``closed`` turns True when it ends."""
+    """One TCP or TLS connection; ``flow.connection`` is this object. ``closed`` turns True when it ends.
+
+    ``local.transport`` and ``remote.transport`` are ``"tcp"`` or ``"tls"``; ``stream`` the socket stream, or
+    the ``trio.SSLStream`` over it (``handshake_pending``: an accepted TLS connection not yet handshaken)."""
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         local: Address,
         remote: Address,
         *,
         outbound: bool,
         send_timeout: float,
+        handshake_pending: bool = False,
     ) -> None:
         self.stream = stream
+        self.handshake_pending = handshake_pending
         self.send_timeout = send_timeout
         self.local = local
         self.remote = remote
         self.outbound = outbound
-        self.flow = Flow("tcp", local, remote, True, self)
+        self.flow = Flow(remote.transport, local, remote, True, self)
         self.last_activity = trio.current_time()
         self.closed = False
         self._send_lock = trio.Lock()
@@ -62,7 +75,7 @@ class TCPConnection:
 
     def __repr__(self) -> str:
         direction = "to" if self.outbound else "from"
-        return f"<TCPConnection {self.local} {direction} {self.remote}{' closed' if self.closed else ''}>"
+        return f"<{self.remote.transport.upper()}Connection {self.local} {direction} {self.remote}{' closed' if self.closed else ''}>"
 
     def close(self) -> None:
         """Ask the receive task to end and close the socket (non-blocking, idempotent)."""
@@ -79,16 +92,16 @@ class TCPConnection:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self.close()
-                    raise TransportError(f"tcp send to {self.remote} failed: {exc}") from exc
+                    raise TransportError(f"{self.remote.transport} send to {self.remote}: {exc}") from exc
             if scope.cancelled_caught:
                 # A partial write leaves the stream unusable for framing.
                 self.close()
-                raise TransportError(f"tcp send to {self.remote} timed out")
+                raise TransportError(f"{self.remote.transport} send to {self.remote} timed out")
         self.last_activity = trio.current_time()
 
 
 class TCPListener:
-    """A bound, listening TCP socket."""
+    """A bound, listening TCP socket (``transport`` ``"tcp"``, or ``"tls"``: accepted sockets are wrapped)."""
 
     def __init__(self, listen: Listen, *, reuse_port: bool = False) -> None:
         family = listen.family
@@ -106,9 +119,10 @@ class TCPListener:
             raise
         self.socket = trio.socket.from_stdlib_socket(raw)
         self.family = family
+        self.transport = listen.transport
         port = raw.getsockname()[1]
-        self.local = Address("tcp", listen.host, port)
-        self.advertised = Address("tcp", listen.advertise or listen.host, port)
+        self.local = Address(listen.transport, listen.host, port)
+        self.advertised = Address(listen.transport, listen.advertise or listen.host, port)
 
     def close(self) -> None:
         """Close the listening socket."""
@@ -139,6 +153,7 @@ class TCPManager:
         self._pending: dict[Address, _Pending] = {}
         self.gate: FloodGate | None = None  # the ingress gate (pike), set by Transports
         self.accepted_by_source: dict[str, int] = {}  # open accepted connections per remote IP
+        self.tls: TLSContexts | None = None  # SSL contexts of TLS listeners and outgoing TLS (set by Transports)
 
     async def accept_loop(self, listener: TCPListener) -> None:
         """Accept connections forever on ``listener``; each gets a receive task."""
@@ -167,14 +182,23 @@ class TCPManager:
             if not self._admit_connection(peer[0]):
                 sock.close()
                 continue
-            stream = trio.SocketStream(sock)
-            local = Address("tcp", local_name[0], local_name[1])
+            transport = listener.transport
+            stream: trio.abc.Stream = trio.SocketStream(sock)
+            if transport == "tls":
+                try:
+                    stream = self._tls().server_stream(trio.SocketStream(sock))
+                except (TransportError, ValueError) as exc:
+                    log.error("tls accept on %s: %s", listener.local, exc)
+                    sock.close()
+                    continue
+            local = Address(transport, local_name[0], local_name[1])
             conn = TCPConnection(
                 stream,
                 local,
-                Address("tcp", peer[0], peer[1]),
+                Address(transport, peer[0], peer[1]),
                 outbound=False,
                 send_timeout=self.config.send_timeout,
+                handshake_pending=transport == "tls",
             )
             stats.tcp_connections_accepted += 1
             self.accepted_by_source[peer[0]] = self.accepted_by_source.get(peer[0], 0) + 1
@@ -201,9 +225,35 @@ class TCPManager:
         self._stats.tcp_connections_open += 1
         self.nursery.start_soon(self._serve_connection, conn)
 
+    def _tls(self) -> TLSContexts:
+        if self.tls is None:
+            raise TransportError("TLS is not configured (no certificate)")
+        return self.tls
+
+    async def _handshake(self, conn: TCPConnection) -> bool:
+        # The server side of an accepted TLS connection: True when done within handshake_timeout.
+        stream = conn.stream
+        assert isinstance(stream, trio.SSLStream)
+        with trio.move_on_after(self.config.handshake_timeout) as scope:
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._stats.tls_handshake_failures += 1
+                log.info("tls handshake with %s failed: %s", conn.remote, exc.__cause__ or exc)
+                return False
+        if scope.cancelled_caught:
+            self._stats.tls_handshake_timeouts += 1
+            log.info("closing %r: tls handshake unfinished after %.1f s", conn, self.config.handshake_timeout)
+            return False
+        conn.handshake_pending = False
+        conn.last_activity = trio.current_time()
+        return True
+
     async def _serve_connection(self, conn: TCPConnection) -> None:
         try:
             with conn._scope:
+                if conn.handshake_pending and not await self._handshake(conn):
+                    return
                 await self._read_loop(conn)
         except Exception as exc:  # boundary of a connection task: the connection closes, the server goes on
             contain("tcp_connection", exc, detail=f"connection from {conn.remote}")
@@ -221,7 +271,7 @@ class TCPManager:
             self._stats.tcp_connections_open -= 1
             self._stats.tcp_connections_closed += 1
             with trio.CancelScope(shield=True):
-                await conn.stream.aclose()
+                await _close_stream(conn.stream)
 
     async def _read_loop(self, conn: TCPConnection) -> None:
         config = self.config
@@ -237,7 +287,7 @@ class TCPManager:
                 deadline = min(deadline, partial_since + config.message_timeout)
             with trio.move_on_at(deadline) as idle:
                 try:
-                    data = await stream.receive_some(_READ_SIZE)
+                    data = bytes(await stream.receive_some(_READ_SIZE))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     return
             if idle.cancelled_caught:
@@ -330,9 +380,13 @@ class TCPManager:
             return False
         return True
 
-    async def connection_to(self, dest: Address, local_host: str | None) -> TCPConnection:
+    async def connection_to(
+        self, dest: Address, local_host: str | None, server_name: str | None = None
+    ) -> TCPConnection:
         """A live connection to ``dest``: reused from the table or opened (waiting for a connect to the same
-        address already under way). ``TransportError`` when refused or after ``connect_timeout``."""
+        address already under way). ``TransportError`` when refused or after ``connect_timeout`` (for TLS:
+        also when the handshake fails, the server's certificate does not match ``server_name`` or
+        ``dest.host``, or after ``handshake_timeout``)."""
         while True:
             conn = self.connections.get(dest)
             if conn is not None and not conn.closed:
@@ -346,7 +400,7 @@ class TCPManager:
         pending = _Pending()
         self._pending[dest] = pending
         try:
-            return await self._open(dest, local_host)
+            return await self._open(dest, local_host, server_name)
         except TransportError as exc:
             pending.error = exc
             raise
@@ -354,7 +408,7 @@ class TCPManager:
             del self._pending[dest]
             pending.done.set()
 
-    async def _open(self, dest: Address, local_host: str | None) -> TCPConnection:
+    async def _open(self, dest: Address, local_host: str | None, server_name: str | None = None) -> TCPConnection:
         if self.nursery is None:
             raise TransportError("transports are not serving")
         if len(self.connections) >= self.config.max_connections:
@@ -378,14 +432,57 @@ class TCPManager:
         if self.nursery is None:  # serve ended while we were connecting
             sock.close()
             raise TransportError("transports are not serving")
-        stream = trio.SocketStream(sock)
-        local = Address("tcp", local_name[0], local_name[1])
+        stream: trio.abc.Stream = trio.SocketStream(sock)
+        if dest.transport == "tls":
+            stream = await self._client_handshake(trio.SocketStream(sock), dest, server_name or dest.host)
+        if self.nursery is None:
+            await _close_stream(stream)
+            raise TransportError("transports are not serving")
+        local = Address(dest.transport, local_name[0], local_name[1])
         conn = TCPConnection(stream, local, dest, outbound=True, send_timeout=self.config.send_timeout)
         self._stats.tcp_connections_opened += 1
         self._start(conn)
         return conn
 
+    async def _client_handshake(
+        self, stream: trio.SocketStream, dest: Address, server_name: str
+    ) -> trio.SSLStream[trio.SocketStream]:
+        try:
+            tls = self._tls().client_stream(stream, server_name)
+        except (TransportError, ValueError) as exc:
+            await stream.aclose()
+            raise TransportError(f"tls to {dest.host_port}: {exc}") from exc
+        failure: str | None = None
+        with trio.move_on_after(self.config.handshake_timeout) as scope:
+            try:
+                await tls.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                failure = str(exc.__cause__ or exc)
+        if scope.cancelled_caught:
+            self._stats.tls_handshake_timeouts += 1
+            failure = f"handshake unfinished after {self.config.handshake_timeout:.1f} s"
+        elif failure is not None:
+            self._stats.tls_handshake_failures += 1
+        if failure is not None:
+            await _close_stream(tls)
+            raise TransportError(f"tls to {dest.host_port} ({server_name}) failed: {failure}")
+        return tls
+
     def close_all(self) -> None:
         """Close every connection (their tasks end at their next checkpoint)."""
         for conn in list(self.connections.values()):
             conn.close()
+
+
+async def _close_stream(stream: trio.abc.Stream) -> None:
+    # A TLS stream says goodbye (close_notify) when it can, but never waits long on a peer for it.
+    if isinstance(stream, trio.SSLStream):
+        with trio.move_on_after(1.0):
+            try:
+                await stream.aclose()
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        await trio.aclose_forcefully(stream.transport_stream)
+        return
+    await stream.aclose()

@@ -1,4 +1,9 @@
-"""``Transports``: the listeners, the ``incoming`` channel and the two send operations."""
+"""``Transports``: the listeners, the ``incoming`` channel and the two send operations.
+
+TCP and TLS share the stream code of ``tcp.py``; TLS needs a ``TLSContexts`` (``tls=``) for its listeners and
+for the connections it opens. An outgoing TLS connection checks the server certificate against the name the
+next hop was located by, when the proxy told it (``note_server_name``), else against the IP address.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ from trioproxy.flood import FloodGate
 from trioproxy.sip import Address, Message, Request, Response, SIPError
 
 from .tcp import TCPConnection, TCPListener, TCPManager
+from .tls import TLSContexts
 from .types import (
+    STREAM_TRANSPORTS,
     Flow,
     Listen,
     Malformed,
@@ -33,11 +40,12 @@ __all__ = ["Incoming", "Transports"]
 Incoming = Union[Request, Response, Malformed]  # noqa: UP007 - a runtime alias, kept readable for 3.11
 
 _LITERAL_CACHE_MAX = 4096
+_SERVER_NAMES_MAX = 4096
 _RESTART_PAUSE = 0.1  # seconds before a listener loop that failed starts again
 
 
 class Transports:
-    """UDP and TCP listeners on IPv4/IPv6, a bounded ``incoming`` channel, ``send_request``/``send_response``.
+    """UDP, TCP and TLS listeners on IPv4/IPv6, a bounded ``incoming`` channel, ``send_request``/``send_response``.
 
     Usage: ``await nursery.start(transports.serve)``; then read ``transports.incoming``. Cancelling the serve
     task closes every socket and connection, and closes ``incoming`` for its readers.
@@ -48,10 +56,17 @@ class Transports:
     """
 
     def __init__(
-        self, listens: Sequence[Listen], config: TransportConfig | None = None, *, gate: FloodGate | None = None
+        self,
+        listens: Sequence[Listen],
+        config: TransportConfig | None = None,
+        *,
+        gate: FloodGate | None = None,
+        tls: TLSContexts | None = None,
     ) -> None:
         if not listens:
             raise ValueError("at least one Listen is needed")
+        if any(listen.transport == "tls" for listen in listens) and (tls is None or tls.server is None):
+            raise ValueError("a tls listener needs a certificate and key")
         self.config = config or TransportConfig()
         self._listens = list(listens)
         self._stats = TransportStatistics()
@@ -61,8 +76,13 @@ class Transports:
         self._udp: list[UDPEndpoint] = []
         self._udp_by_family: dict[socket.AddressFamily, UDPEndpoint] = {}
         self._tcp_listeners: list[TCPListener] = []
-        self._tcp_by_family: dict[socket.AddressFamily, TCPListener] = {}
+        self._tcp_by_family: dict[tuple[str, socket.AddressFamily], TCPListener] = {}
         self._tcp = TCPManager(self.config, self._stats, send)
+        self.tls = tls
+        self._tcp.tls = tls
+        # Next hops located by name (dest -> the name): what an outgoing TLS connection checks the
+        # certificate against (RFC 5922); bounded, cleared when full.
+        self._server_names: dict[Address, str] = {}
         # The ingress gate (pike, docs/LIMITS.md): consulted on every message before it is parsed.
         self.gate = gate
         self._tcp.gate = gate
@@ -84,7 +104,7 @@ class Transports:
                     else:
                         listener = TCPListener(listen, reuse_port=self.config.reuse_port)
                         self._tcp_listeners.append(listener)
-                        self._tcp_by_family.setdefault(listener.family, listener)
+                        self._tcp_by_family.setdefault((listener.transport, listener.family), listener)
                 except OSError as exc:
                     where = Address(listen.transport, listen.host, listen.port)
                     raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from exc
@@ -94,7 +114,8 @@ class Transports:
                         _supervised, "udp_listener", endpoint.sock, endpoint.receive_loop, self._send_channel.send_nowait
                     )
                 for listener in self._tcp_listeners:
-                    nursery.start_soon(_supervised, "tcp_listener", listener.socket, self._tcp.accept_loop, listener)
+                    kind = f"{listener.transport}_listener"
+                    nursery.start_soon(_supervised, kind, listener.socket, self._tcp.accept_loop, listener)
                 self._tcp.nursery = nursery
                 task_status.started()
                 await trio.sleep_forever()
@@ -114,7 +135,7 @@ class Transports:
             self._udp if transport == "udp" else self._tcp_listeners
         )
         for item in bound:
-            if family is None or item.family == family:
+            if item.advertised.transport == transport and (family is None or item.family == family):
                 return item.advertised
         which = "" if family is None else f" for {family.name}"
         raise TransportError(f"no bound {transport} listener{which}")
@@ -124,9 +145,23 @@ class Transports:
         return [e.advertised for e in self._udp] + [t.advertised for t in self._tcp_listeners]
 
     def connection(self, remote: Address) -> TCPConnection | None:
-        """The live TCP connection to ``remote``, if any."""
+        """The live TCP or TLS connection to ``remote`` (its transport picks which), if any."""
         conn = self._tcp.connections.get(remote)
         return conn if conn is not None and not conn.closed else None
+
+    def note_server_name(self, dest: Address, name: str) -> None:
+        """The next hop ``dest`` (an IP literal) was located from the host name ``name``: a TLS connection
+        opened to it verifies the server certificate against ``name`` (and sends it as SNI)."""
+        if dest.transport != "tls" or name == dest.host:
+            return
+        if len(self._server_names) >= _SERVER_NAMES_MAX and dest not in self._server_names:
+            self._server_names.clear()
+        self._server_names[dest] = name
+
+    def reload_tls(self) -> bool:
+        """Read the TLS certificate, key and CA again for new connections (SIGHUP); False on an error (the
+        current ones stay) or without TLS."""
+        return self.tls.reload() if self.tls is not None else False
 
     def statistics(self) -> TransportStatistics:
         """A snapshot of the counters."""
@@ -135,7 +170,7 @@ class Transports:
     async def send_request(self, msg: Message, dest: Address) -> None:
         """Send ``msg`` to ``dest`` (an IP literal), from the listener of that transport and family.
 
-        TCP reuses a live connection to ``dest`` (also one the peer opened) or opens one. Raises
+        TCP and TLS reuse a live connection to ``dest`` (also one the peer opened) or open one. Raises
         ``TransportError`` when refused, timed out, unreachable (ICMP) or without a matching listener.
         """
         transport = dest.transport
@@ -147,16 +182,17 @@ class Transports:
             if endpoint is None:
                 raise TransportError(f"no udp listener for {dest.host}")
             await endpoint.send(msg.to_bytes(), host, dest.port)
-        elif transport == "tcp":
+        elif transport in STREAM_TRANSPORTS:
             await self._send_stream(msg, dest)
         else:
             raise TransportError(f"unsupported transport {transport!r}")
 
-    async def send_response(self, msg: Message, flow: Flow) -> None:
+    async def send_response(self, msg: Message, flow: Flow, *, no_connect: bool = False) -> None:
         """Send a response per RFC 3261 18.2.2 and RFC 3581 4 along the request's ``flow``.
 
         Reliable: the request's connection while open, else a connection to the top Via's ``received``
-        (or sent-by host) at ``rport`` (or sent-by port, or 5060). UDP: ``maddr`` when present, else
+        (or sent-by host) at ``rport`` (or sent-by port, or 5060); with ``no_connect`` (Kamailio's
+        ``set_reply_no_connect``) only an open connection is used and ``TransportError`` raised otherwise. UDP: ``maddr`` when present, else
         ``received``/sent-by host at ``rport``/sent-by port/5060, sent from the socket the request came in on.
         """
         if flow.reliable:
@@ -170,7 +206,7 @@ class Transports:
                 else:
                     self._stats.tcp_messages_out += 1
                     return
-            await self._send_stream(msg, _response_address(msg, flow.transport))
+            await self._send_stream(msg, _response_address(msg, flow.transport), no_connect=no_connect)
             return
         try:
             host, port = response_target(msg.top_via, "udp")
@@ -186,24 +222,28 @@ class Transports:
                 raise TransportError(f"no udp listener for {host}")
         await endpoint.send(msg.to_bytes(), host, port)
 
-    async def _send_stream(self, msg: Message, dest: Address) -> None:
-        if dest.transport != "tcp":
+    async def _send_stream(self, msg: Message, dest: Address, *, no_connect: bool = False) -> None:
+        if dest.transport not in STREAM_TRANSPORTS:
             raise TransportError(f"unsupported transport {dest.transport!r}")
+        name = self._server_names.get(dest) if dest.transport == "tls" else None
         host = await self._ip_host(dest.host)
         if host != dest.host:
+            name = name or dest.host  # a Via sent-by or maddr name: the certificate must carry it
             dest = Address(dest.transport, host, dest.port)
         _ensure_content_length(msg)
         data = msg.to_bytes()
-        listener = self._tcp_by_family.get(family_of(host))
+        listener = self._tcp_by_family.get((dest.transport, family_of(host)))
         local_host = listener.local.host if listener is not None else None
         reused = self.connection(dest) is not None
-        conn = await self._tcp.connection_to(dest, local_host)
+        if no_connect and not reused:
+            raise TransportError(f"no open connection to {dest}, none may be opened (reply_no_connect)")
+        conn = await self._tcp.connection_to(dest, local_host, name)
         try:
             await conn.send(data)
         except TransportError:
-            if reused:
+            if reused and not no_connect:
                 # A reused connection may have died since its last use: one fresh attempt.
-                conn = await self._tcp.connection_to(dest, local_host)
+                conn = await self._tcp.connection_to(dest, local_host, name)
                 await conn.send(data)
             else:
                 raise
@@ -228,8 +268,9 @@ class Transports:
             infos = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
         except OSError as exc:
             raise TransportError(f"cannot resolve {host}: {exc}") from exc
+        stream_families = {family for _transport, family in self._tcp_by_family}
         for family, _type, _proto, _canon, sockaddr in infos:
-            if family in self._udp_by_family or family in self._tcp_by_family:
+            if family in self._udp_by_family or family in stream_families:
                 return str(sockaddr[0])
         raise TransportError(f"no listener for the address family of {host}")
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .udp import UDPEndpoint
 
 __all__ = [
+    "STREAM_TRANSPORTS",
     "TRANSPORTS",
     "Flow",
     "Listen",
@@ -24,8 +25,11 @@ __all__ = [
     "family_of",
 ]
 
-# Transports this package serves (TLS and WebSocket come later).
-TRANSPORTS = ("udp", "tcp")
+# Transports this package serves (WebSocket comes later); TLS is the TCP stream code over trio.SSLStream.
+TRANSPORTS = ("udp", "tcp", "tls")
+
+# Transports carried over a byte stream (framed by ``StreamFramer``, connections kept for reuse).
+STREAM_TRANSPORTS = frozenset({"tcp", "tls"})
 
 
 class TransportError(Exception):
@@ -34,7 +38,7 @@ class TransportError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Listen:
-    """One listening socket: ``transport`` ``"udp"``/``"tcp"``, ``host`` an IPv4 or IPv6 literal, ``port``
+    """One listening socket: ``transport`` ``"udp"``/``"tcp"``/``"tls"``, ``host`` an IPv4 or IPv6 literal, ``port``
     (0 picks a free port). ``advertise`` replaces the host in :meth:`Transports.local_address` (for Via and
     Record-Route) when the socket is bound to a wildcard or a private address."""
 
@@ -68,6 +72,8 @@ class TransportConfig:
     connect_timeout: float = 10.0
     # Seconds one write on a TCP connection may take before the connection is given up.
     send_timeout: float = 10.0
+    # Seconds a TLS handshake may take (accepted or opened) before the connection is closed.
+    handshake_timeout: float = 10.0
     # Largest message a TCP peer may send; also bounds the per-connection buffer.
     max_message_size: int = MAX_MESSAGE_SIZE
     # Largest UDP datagram taken (larger ones are dropped before parsing, counted as ``oversize``).
@@ -90,7 +96,7 @@ class TransportConfig:
 class Flow:
     """The path a message came on: what a response or a request in the other direction reuses.
 
-    ``connection`` is the TCP connection (None for UDP); ``endpoint`` the UDP socket it arrived on.
+    ``connection`` is the TCP or TLS connection (None for UDP); ``endpoint`` the UDP socket it arrived on.
     """
 
     transport: str
@@ -134,6 +140,9 @@ class TransportStatistics:
     tcp_connections_blocked: int = 0  # accepts closed at once: the source is blocked (pike)
     tcp_message_timeouts: int = 0  # closed: a message stayed unfinished past message_timeout
     tcp_idle_closed: int = 0
+    # TLS connections are counted in the tcp_* counters above too (they are TCP connections); these are TLS only.
+    tls_handshake_failures: int = 0  # handshakes that failed (bad or missing certificate, not TLS at all)
+    tls_handshake_timeouts: int = 0  # handshakes not finished within handshake_timeout: closed
     framing_errors: int = 0  # stream could not be framed: connection closed
     oversize: int = 0  # UDP datagrams over udp_max_message_size, dropped unparsed
     parse_errors: int = 0  # messages that did not parse (dropped or delivered as Malformed)
