@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from bench_measure import MemorySampler, peak_rss_kib
+from bench_measure import MemorySampler, peak_rss_kib, sipp_counters
 from bench_servers import (
     PROXIES,
     Started,
@@ -85,6 +85,7 @@ class Run:
     peak_rss_main_kib: int = 0
     peak_pss_kib: int = 0
     processes: int = 0
+    callee_calls: dict[str, int] = field(default_factory=dict)  # calls each callee completed, by scenario
     error: str | None = None
 
 
@@ -139,12 +140,17 @@ class LoadFn:
         self.count = 0
 
     def __call__(self, rate: int, seconds: int, csv_name: str = "calls.csv", register: bool = False) -> Load:
+        if self.proxy.proc.poll() is not None:
+            raise RuntimeError(f"{self.proxy.name} exited with status {self.proxy.proc.returncode}")
         self.count += 1
         xml = "register.xml" if register or self.scn.register else "uac.xml"
-        return run_load(
+        load = run_load(
             self.workdir, f"load{self.count:02d}-{rate}", xml, self.port, self.workdir / csv_name,
             rate, seconds, self.proxy.pid, self.args.deadline, self.keys,
         )
+        if self.proxy.proc.poll() is not None:
+            raise RuntimeError(f"{self.proxy.name} exited with status {self.proxy.proc.returncode} during a load")
+        return load
 
 
 def run_scenario(args: argparse.Namespace, scn: Scenario, proxy_name: str, root: Path) -> Run:
@@ -152,8 +158,8 @@ def run_scenario(args: argparse.Namespace, scn: Scenario, proxy_name: str, root:
     workdir = root / f"{proxy_name}-{scn.name}"
     workdir.mkdir()
     started: list[Started] = []
+    ports = [free_port() for _ in scn.callees]
     try:
-        ports = [free_port() for _ in scn.callees]
         callee = f"{HOST}:{ports[0]}" if ports else f"{HOST}:{free_port()}"
         values = {"MODE": scn.mode, "UAS1": callee, "UAS2": f"{HOST}:{ports[-1]}" if ports else callee}
         proxy_port = free_port()
@@ -176,13 +182,14 @@ def run_scenario(args: argparse.Namespace, scn: Scenario, proxy_name: str, root:
             target = callee if scn.ruri == "callee" else f"{HOST}:{proxy_port}"
             write_users(workdir / "calls.csv", "SEQUENTIAL", ["bench"], target)
         with MemorySampler(proxy.pid) as memory:
-            for rate in args.rates:
-                run.fixed.append(load(rate, args.seconds))
-                time.sleep(0.5)
-            if args.max_rate > 0:
-                find_max_rate(args, load, run)
-            proxy.remember_tree()
-            run.peak_rss_main_kib = peak_rss_kib(proxy.pid)
+            try:
+                for rate in args.rates:
+                    run.fixed.append(load(rate, args.seconds))
+                    time.sleep(0.5)
+                if args.max_rate > 0:
+                    find_max_rate(args, load, run)
+            finally:
+                run.peak_rss_main_kib = peak_rss_kib(proxy.pid)
         run.peak_pss_kib, run.processes = memory.peak_pss_kib, memory.processes
     except (RuntimeError, BudgetExceeded, OSError) as exc:
         run.error = str(exc)
@@ -190,6 +197,9 @@ def run_scenario(args: argparse.Namespace, scn: Scenario, proxy_name: str, root:
     finally:
         for proc in reversed(started):
             proc.stop()
+    for xml, port in zip(scn.callees, ports, strict=True):
+        counters = sipp_counters(workdir / f"uas-{port}.csv")
+        run.callee_calls[xml] = int(counters.get("SuccessfulCall(C)", 0) or 0)
     return run
 
 
@@ -215,6 +225,8 @@ def _rows(runs: dict[str, Run], rates: list[int]) -> list[tuple[str, dict[str, f
     rows.append(("peak RSS main MB", {p: r.peak_rss_main_kib / 1024 or None for p, r in runs.items()}, 1))
     rows.append(("peak PSS sum MB", {p: r.peak_pss_kib / 1024 or None for p, r in runs.items()}, 1))
     rows.append(("processes", {p: r.processes or None for p, r in runs.items()}, 0))
+    for xml in any_run.callee_calls:
+        rows.append((f"calls completed by {xml}", {p: r.callee_calls.get(xml) for p, r in runs.items()}, 0))
     return rows
 
 
@@ -236,11 +248,22 @@ def print_table(runs: list[Run], rates: list[int]) -> None:
         if n == 0:
             print("-|-".join("-" * w for w in widths))
     for run in runs:
+        if run.steps and run.max_rate is not None and run.max_rate >= max(s.rate for s in run.steps):
+            print(f"{run.scenario} on {run.proxy}: passed every step; the max rate is at least {run.max_rate}/s")
+        elif run.steps and run.max_rate is None:
+            print(f"{run.scenario} on {run.proxy}: failed from the first step ({run.steps[0].rate}/s) on")
         if run.error:
             print(f"{run.scenario} on {run.proxy}: {run.error}")
 
 
-QUICK = {"rates": "20", "seconds": 3, "step_start": 20, "max_rate": 80, "step_seconds": 2}
+QUICK = {"rates": "20", "seconds": 3, "step_start": 40, "max_rate": 80, "step_seconds": 2}
+
+
+def run_json(run: Run) -> dict[str, object]:
+    data = asdict(run)
+    for key in ("fixed", "steps"):
+        data[key] = [{**asdict(load), "passed": load.passed} for load in getattr(run, key)]
+    return data
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -248,8 +271,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="repeatable; default all")
     p.add_argument("--rates", default="200", help="fixed rates in calls/s, comma-separated (default 200)")
     p.add_argument("--seconds", type=int, default=10, help="length of each fixed-rate load (default 10)")
-    p.add_argument("--max-rate", type=int, default=3200, help="highest rate stepped to; 0: no stepping")
-    p.add_argument("--step-start", type=int, default=100, help="first stepping rate (default 100)")
+    p.add_argument("--max-rate", type=int, default=2000, help="highest rate stepped to; 0: no stepping")
+    p.add_argument("--step-start", type=int, default=200, help="first stepping rate (default 200)")
     p.add_argument("--step-seconds", type=int, default=5, help="length of each stepping load (default 5)")
     p.add_argument("--quick", action="store_true", help="a few seconds of every scenario at a low rate")
     p.add_argument("--proxy", action="append", choices=PROXIES, help="repeatable; default both")
@@ -302,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     print_table(runs, args.rates)
     if args.json:
-        args.json.write_text(json.dumps({"rates": args.rates, "runs": [asdict(r) for r in runs]}, indent=2))
+        args.json.write_text(json.dumps({"rates": args.rates, "runs": [run_json(r) for r in runs]}, indent=2))
     ok = all(r.error is None and all(f.passed for f in r.fixed) for r in runs)
     return 0 if ok else 1
 

@@ -147,10 +147,11 @@ def start_proxy(
 
 
 def start_uas(workdir: Path, scenario: str, port: int) -> Started:
-    """A SIPp callee running ``bench/<scenario>`` on udp:127.0.0.1:``port``."""
+    """A SIPp callee running ``bench/<scenario>`` on udp:127.0.0.1:``port`` (statistics in uas-PORT.csv)."""
     xml = workdir / scenario
     shutil.copyfile(BENCH_DIR / scenario, xml)
-    cmd = ["sipp", "-sf", str(xml), "-i", HOST, "-p", str(port), "-t", "u1", "-nostdin"]
+    cmd = ["sipp", "-sf", str(xml), "-i", HOST, "-p", str(port), "-t", "u1", "-nostdin", "-timer_resol", "1"]
+    cmd += ["-trace_stat", "-stf", str(workdir / f"uas-{port}.csv"), "-fd", "1"]
     with open(workdir / f"uas-{port}.log", "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
     started = Started(f"sipp {scenario}", proc)

@@ -81,7 +81,7 @@ def run_load(
     stat_file = run_dir / "stat.csv"
     cmd = ["sipp", "-sf", str(xml), "-inf", str(csv_file), f"{HOST}:{proxy_port}", "-i", HOST]
     cmd += ["-p", str(free_port()), "-t", "u1", "-r", str(rate), "-m", str(planned), "-l", str(max(50, rate * 3))]
-    cmd += ["-nostdin", "-trace_stat", "-stf", str(stat_file), "-fd", "1", "-trace_rtt", "-rtt_freq", "1"]
+    cmd += ["-nostdin", "-nd", "-trace_stat", "-stf", str(stat_file), "-fd", "1", "-trace_rtt", "-rtt_freq", "1"]
     cmd += ["-recv_timeout", str(RECV_TIMEOUT_MS), "-timeout", f"{timeout:.0f}s", "-trace_err"]
     cmd += ["-error_file", str(run_dir / "errors.log"), "-max_recv_loops", "10000", "-timer_resol", "1"]
     cmd += ["-trace_logs", "-log_file", str(run_dir / "rtt.log")]

@@ -282,6 +282,8 @@ class Lab:
             sections["routing"] = {"script": script}
         for section, values in (settings or {}).items():
             sections.setdefault(section, {}).update(values)
+        # Keys of [proxy] (e.g. domains) join the table opened above: TOML allows a table only once.
+        lines += [f"{key} = {json.dumps(value)}" for key, value in sections.pop("proxy", {}).items()]
         for section, values in sections.items():
             lines.append(f"[{section}]")
             lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]

@@ -25,7 +25,7 @@ async def test_default_register_and_call(autojump_clock: trio.testing.MockClock)
         leg = await call.branch()
         assert leg.uri == "sip:bob@127.0.0.21:5060"
         assert leg.request.get_all("Record-Route")  # INVITE is record-routed
-        assert leg.request.max_forwards == 9  # process_maxfwd(10) caps, then decrements (as Kamailio)
+        assert leg.request.max_forwards == 69  # process_maxfwd(10) decrements 70 (10: only when absent)
         await leg.reply(180)
         await leg.reply(200)
         assert (await call.final()).status == 200

@@ -399,7 +399,7 @@ end
         legs = {leg.request.uri.user: leg.request for leg in await call.branches(2)}
         assert set(legs) == {"robert", "carol"}
         for req in legs.values():
-            assert req.get("Max-Forwards") == "9" and not req.has("User-Agent")
+            assert req.get("Max-Forwards") == "69" and not req.has("User-Agent")
             assert (req.get("X-Top"), req.get("X-End")) == ("1", "2")
 
 

@@ -179,7 +179,7 @@ CASES = [
     ("KSR.corex.has_ruri_user()", "", "1"),
     ("KSR.corex.has_ruri_user()", "KSR.seturi('sip:proxy.example.com')", "-1"),
     ("KSR.maxfwd.process_maxfwd(10)", "", "1"),
-    ("KSR.hdr.get('Max-Forwards')", "KSR.maxfwd.process_maxfwd(10)", "9"),
+    ("KSR.hdr.get('Max-Forwards')", "KSR.maxfwd.process_maxfwd(10)", "69"),  # limit: only when absent
     ("KSR.hdr.get('Max-Forwards')", "KSR.maxfwd.process_maxfwd(100)", "69"),
     # tm / rr decisions read back
     ("KSR.tm.t_is_set('failure_route')", "", "-1"),
@@ -246,6 +246,10 @@ async def test_maxfwd_zero_and_absent() -> None:
     assert await ev("KSR.maxfwd.process_maxfwd(10)", absent) == "2"
     assert absent.req.get("Max-Forwards") == "10"
     assert absent.maxfwd_processed
+    # A present value above Kamailio's max_limit (70) is capped there, whatever the argument.
+    high = make_state(max_forwards=200)
+    assert await ev("KSR.maxfwd.process_maxfwd(10)", high) == "1"
+    assert high.req.get("Max-Forwards") == "70"
 
 
 async def test_force_rport_and_rr_preset_edit_the_messages() -> None:
@@ -505,3 +509,14 @@ async def test_logging(caplog: pytest.LogCaptureFixture) -> None:
         ("WARNING", "[test.lua] w"),
         ("INFO", "[test.lua] p\t1"),
     ]
+
+
+async def test_t_branch_idx() -> None:
+    # Kamailio's tmx: the branch's index in a branch or reply route; in a request route, the branches added.
+    state = make_state()
+    assert await ev("KSR.pv.get('$T_branch_idx')", state) == "0"
+    assert await ev("KSR.pv.get('$T_branch_idx')", state, pre="KSR.corex.append_branch('sip:c@h')") == "1"
+    branch = state.for_branch(state.req.copy(), 0, 2)
+    assert await ev("KSR.pv.get('$T_branch_idx')", branch) == "2"
+    reply = state.for_reply(make_response(state.req, 180, "Ringing"), 3)
+    assert await ev("KSR.pv.get('$T_branch_idx')", reply) == "3"

@@ -440,11 +440,18 @@ class Siputils(_Mod):
         return _b(self._st.is_request and len(self._st.msg.vias) == 1)
 
 
+_MAXFWD_MAX_LIMIT = 70  # Kamailio's maxfwd modparam max_limit (default)
+
+
 class Maxfwd(_Mod):
     """``KSR.maxfwd``."""
 
     def process_maxfwd(self, limit: int) -> int:
-        """RFC 3261 16.6 step 3: decrement (capped at ``limit``); add ``limit`` when absent (2); -1 at 0."""
+        """RFC 3261 16.6 step 3: decrement; add ``limit`` when absent (2); -1 at 0.
+
+        As Kamailio's maxfwd: ``limit`` is only the value added when the header is absent; a present value
+        is decremented and capped at the module's ``max_limit`` (70), not at ``limit``.
+        """
         st = self._st
         try:
             mf = st.msg.max_forwards
@@ -456,5 +463,5 @@ class Maxfwd(_Mod):
             return 2
         if mf == 0:
             return -1
-        st.msg.set("Max-Forwards", str(min(mf, int(limit)) - 1))
+        st.msg.set("Max-Forwards", str(min(mf, _MAXFWD_MAX_LIMIT + 1) - 1))
         return 1

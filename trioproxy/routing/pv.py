@@ -67,6 +67,11 @@ def _reason(state: RequestState) -> Value | None:
     return state.msg.reason if isinstance(state.msg, Response) else None
 
 
+def _branch_idx(state: RequestState) -> Value:
+    # Kamailio's tmx: the branch's index in branch and reply routes, else the number of branches added.
+    return state.branch_index if state.route in ("branch", "reply") else len(state.branches)
+
+
 def _reply_code(state: RequestState) -> Value | None:
     if isinstance(state.msg, Response):
         return state.msg.status
@@ -112,6 +117,7 @@ _SIMPLE: dict[str, Callable[[RequestState], Value | None]] = {
     "mb": lambda s: s.msg.to_bytes().decode("utf-8", "replace"),
     "ml": lambda s: len(s.msg.to_bytes()),
     "T_reply_code": _reply_code,
+    "T_branch_idx": _branch_idx,
 }
 
 SIMPLE_PVS = _SIMPLE

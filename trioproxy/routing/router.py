@@ -242,7 +242,7 @@ class LuaRouter(Router):
         lua = ctx.user_state
         if not isinstance(lua, _LuaRequest) or not lua.state.on_branch or branch.request is None:
             return True
-        bstate = lua.state.for_branch(branch.request, branch.target.flags)
+        bstate = lua.state.for_branch(branch.request, branch.target.flags, branch.index)
         try:
             await lua.script.run_branch_route(lua.state.on_branch, bstate, lua.services)
         except RouteError as exc:
@@ -262,7 +262,7 @@ class LuaRouter(Router):
         has_global = script.has_route("ksr_reply_route")
         if not has_global and not lua.state.on_reply:
             return True
-        rstate = lua.state.for_reply(response)
+        rstate = lua.state.for_reply(response, branch.index)
         try:
             if has_global and await script.run_reply_route(rstate, lua.services) == 0:
                 return not rstate.dropped

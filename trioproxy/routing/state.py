@@ -80,6 +80,7 @@ class RequestState:
     any_timeout: bool = False  # input: a branch timed out (t_any_timeout)
     any_replied: bool = False  # input: a branch got a reply (t_any_replied)
     branch_timeout: bool = False  # input: the failed branch timed out (t_branch_timeout)
+    branch_index: int = 0  # input: the branch a branch or reply route runs for ($T_branch_idx)
 
     @property
     def is_request(self) -> bool:
@@ -143,7 +144,7 @@ class RequestState:
         self.exited = False
         self.forced_dest = None
 
-    def for_reply(self, response: Response) -> RequestState:
+    def for_reply(self, response: Response, index: int = 0) -> RequestState:
         """A state for a reply route on ``response``, sharing this request's flags and variables."""
         return RequestState(
             msg=response,
@@ -157,9 +158,10 @@ class RequestState:
             avps=self.avps,
             xavps=self.xavps,
             on_reply=self.on_reply,
+            branch_index=index,
         )
 
-    def for_branch(self, branch_request: Request, bflags: int = 0) -> RequestState:
+    def for_branch(self, branch_request: Request, bflags: int = 0, index: int = 0) -> RequestState:
         """A state for a branch route on one branch's own copy of the request."""
         return RequestState(
             msg=branch_request,
@@ -171,4 +173,5 @@ class RequestState:
             vars=self.vars,
             avps=self.avps,
             xavps=self.xavps,
+            branch_index=index,
         )
