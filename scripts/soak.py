@@ -80,7 +80,9 @@ _MALFORMED = [
     "\x00\x01\x02 garbage {c}\r\n\r\n",
     "BYE sip:svc@{h} SIP/2.0\r\nVia: SIP/2.0/UDP {s}:{p};branch=z9hG4bK{c}\r\nMax-Forwards: -1\r\n"
     "From: <sip:m@{s}>;tag=1\r\nTo: <sip:svc@{h}>;tag=2\r\nCall-ID: {c}\r\nCSeq: 2 BYE\r\n"
-    + "X-Long: " + "a" * 9000 + "\r\n\r\n",
+    + "X-Long: "
+    + "a" * 9000
+    + "\r\n\r\n",
 ]
 
 
@@ -288,11 +290,15 @@ def soak(args: argparse.Namespace, workdir: Path) -> Report:
         with open(out, "wb") as o, open(workdir / "proxy.err", "wb") as e:
             proxy_proc = subprocess.Popen(cmd, stdout=o, stderr=e, stdin=subprocess.DEVNULL, cwd=workdir)
         procs.append(proxy_proc)
-        _wait_for(lambda: "trioproxy listening on" in out.read_text(errors="replace"), "the proxy", proxy_proc)
+        _wait_for(
+            lambda: "trioproxy listening on" in out.read_text(errors="replace"), "the proxy", proxy_proc
+        )
         uas_cmd = ["sipp", "-sf", str(BENCH / "uas.xml"), "-i", HOST, "-p", str(uas_port), "-t", "u1",
                    "-nostdin", "-nd"]  # fmt: skip
         with open(workdir / "uas.out", "wb") as o:
-            uas = subprocess.Popen(uas_cmd, stdout=o, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+            uas = subprocess.Popen(
+                uas_cmd, stdout=o, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+            )
         procs.append(uas)
         _wait_for(lambda: port_is_bound(uas_port, "udp"), "the SIPp callee", uas)
         status = register(proxy, "svc", "svc-secret", f"sip:svc@{HOST}:{uas_port}")
@@ -309,7 +315,9 @@ def soak(args: argparse.Namespace, workdir: Path) -> Report:
                    "-timeout", f"{seconds + 30}s", "-trace_stat", "-stf", str(stat_file), "-fd", "5",
                    "-trace_err", "-error_file", str(workdir / "uac_errors.log")]  # fmt: skip
         with open(workdir / "uac.out", "wb") as o:
-            uac = subprocess.Popen(uac_cmd, stdout=o, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+            uac = subprocess.Popen(
+                uac_cmd, stdout=o, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+            )
         procs.append(uac)
 
         abusers = Abusers(proxy, args.seed)
@@ -321,8 +329,8 @@ def soak(args: argparse.Namespace, workdir: Path) -> Report:
         while (now := time.monotonic()) < end and proxy_proc.poll() is None:
             if now >= next_sample:
                 report.rss_kib.append((round(now - started, 1), rss_kib(proxy_proc.pid)))
-                pike = mgmt_pike(mgmt)
-                for entry in pike.get("blocked") or []:
+                blocked = mgmt_pike(mgmt).get("blocked")
+                for entry in blocked if isinstance(blocked, list) else []:
                     if isinstance(entry, dict):
                         report.blocked_sources[str(entry.get("source"))] = str(entry.get("reason"))
                 next_sample += args.sample
@@ -370,8 +378,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="how long the calls go on (default 10)")
     p.add_argument("--rate", type=int, default=20, help="legitimate calls per second (default 20)")
-    p.add_argument("--abuse-factor", type=float, default=5.0,
-                   help="messages per second of each abusive source, as a multiple of --rate (default 5)")
+    p.add_argument(
+        "--abuse-factor",
+        type=float,
+        default=5.0,
+        help="messages per second of each abusive source, as a multiple of --rate (default 5)",
+    )
     p.add_argument("--sample", type=float, default=5.0, help="seconds between RSS and pike samples")
     p.add_argument("--seed", type=int, default=1, help="of the garbage's mutations")
     p.add_argument("--json", action="store_true")

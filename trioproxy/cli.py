@@ -44,10 +44,10 @@ def _parser() -> argparse.ArgumentParser:
         "--listen",
         action="append",
         metavar="TRANSPORT:HOST:PORT",
-        help="listen on udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT (repeatable; IPv6 as udp:[::1]:5060); "
+        help="listen on udp:HOST:PORT, tcp:HOST:PORT, tls:HOST:PORT, ws:HOST:PORT or wss:HOST:PORT (repeatable; IPv6 as udp:[::1]:5060); "
         "replaces the config's",
     )
-    run.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM) for tls listeners ([tls] cert)")
+    run.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM) for tls and wss listeners ([tls] cert)")
     run.add_argument("--tls-key", metavar="FILE", help="its private key (PEM) ([tls] key)")
     run.add_argument(
         "--tls-ca",

@@ -55,7 +55,8 @@ class ListenSpec:
         return f"{self.transport}:{host}:{self.port}"
 
 
-_TRANSPORTS = ("udp", "tcp", "tls")
+_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+_DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -79,12 +80,13 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
 
 
 def parse_listen(text: str) -> ListenSpec:
-    """``udp:HOST:PORT`` / ``tcp:[::1]:5060`` / ``tls:HOST:PORT`` (default port 5061)."""
+    """``udp:HOST:PORT`` / ``tcp:[::1]:5060`` / ``tls:HOST:PORT`` (default port 5061) / ``ws:HOST:PORT`` /
+    ``wss:HOST:PORT`` (WebSocket, RFC 7118; default ports 80 and 443)."""
     transport, sep, rest = text.partition(":")
     transport = transport.lower()
     if not sep or transport not in _TRANSPORTS:
-        raise ValueError(f"expected udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT, got {text!r}")
-    host, port = parse_hostport(rest, 5061 if transport == "tls" else 5060)
+        raise ValueError(f"expected udp:HOST:PORT, tcp:HOST:PORT, tls:HOST:PORT, ws:HOST:PORT or wss:HOST:PORT, got {text!r}")
+    host, port = parse_hostport(rest, _DEFAULT_PORTS[transport])
     try:
         ipaddress.ip_address(host)
     except ValueError as exc:
@@ -444,8 +446,8 @@ def _check_tls(config: Config, text: str | None, source: str | None) -> None:
     if bool(tls.cert) != bool(tls.key):
         key = "tls.key" if tls.cert else "tls.cert"
         raise ConfigError(key, "tls.cert and tls.key go together", _line_of(text, key), source)
-    if any(spec.transport == "tls" for spec in config.listens) and not tls.cert:
-        raise ConfigError("tls.cert", "a tls listener needs tls.cert and tls.key (or --tls-cert/--tls-key)", _line_of(text, "proxy.listen"), source)
+    if any(spec.transport in ("tls", "wss") for spec in config.listens) and not tls.cert:
+        raise ConfigError("tls.cert", "a tls or wss listener needs tls.cert and tls.key (or --tls-cert/--tls-key)", _line_of(text, "proxy.listen"), source)
     for name in ("cert", "key", "ca"):
         path = getattr(tls, name)
         if path and not Path(path).is_file():

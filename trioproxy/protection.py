@@ -67,7 +67,9 @@ class Protection:
             Trusted(pike.trusted),
         )
         self.config = config
-        self.service = FloodService(tracker, RateLimiter(config.limits.ratelimit_interval))
+        self.service = FloodService(
+            tracker, RateLimiter(config.limits.ratelimit_interval), gate_counts=pike.enabled
+        )
         self.gate = FloodGate(tracker, enabled=pike.enabled, action=pike.action)
         self.proxy: Proxy | None = None
         self.transports: Transports | None = None

@@ -62,7 +62,7 @@ def build_router(config: Config, registrar: Registrar | None = None) -> Router:
 def build_tls(config: Config) -> TLSContexts | None:
     """The TLS contexts when a tls listener or a certificate is configured (else None: no TLS at all)."""
     t = config.tls
-    if not t.cert and not any(spec.transport == "tls" for spec in config.listens):
+    if not t.cert and not any(spec.transport in ("tls", "wss") for spec in config.listens):
         return None
     settings = TLSSettings(
         cert=t.cert,
@@ -87,7 +87,8 @@ def build_locator(config: Config) -> Locator:
         negative_ttl=dns.negative_ttl,
         prefer_ipv6=dns.prefer_ipv6,
         use_ipv6=dns.use_ipv6,
-        transports=frozenset(s.transport for s in config.listens),
+        # WebSocket next hops are never located: the proxy does not open WebSocket connections (RFC 7118).
+        transports=frozenset(s.transport for s in config.listens if s.transport not in ("ws", "wss")),
     )
     blocklist = Blocklist(duration=dns.blocklist_time) if dns.blocklist_time > 0 else None
     return Locator(resolver_config, blocklist=blocklist)

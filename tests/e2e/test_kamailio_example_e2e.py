@@ -63,7 +63,15 @@ def kx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, ProxyRun
 
 
 def _register(
-    lab: Lab, proxy: ProxyRun, user: str, password: str, final: int, name: str, *, contact: str, source: str = HOST
+    lab: Lab,
+    proxy: ProxyRun,
+    user: str,
+    password: str,
+    final: int,
+    name: str,
+    *,
+    contact: str,
+    source: str = HOST,
 ) -> SippRun:
     run = lab.uac(
         "auth_register.xml", proxy.address, name=name, keys={"contact": contact},
@@ -85,7 +93,14 @@ def test_users_register_with_digest_and_call_each_other(kx: tuple[Lab, ProxyRun]
     reg_bob = _register(lab, proxy, "bob", "bob-pw", 200, "reg_bob", contact=f"sip:bob@{callee.address}")
     # From 127.0.0.2, not one of the proxy's addresses: the script runs its ipban and pike checks for it.
     reg_alice = _register(
-        lab, proxy, "alice", "alice-pw", 200, "reg_alice", contact="sip:alice@127.0.0.2:5999", source="127.0.0.2"
+        lab,
+        proxy,
+        "alice",
+        "alice-pw",
+        200,
+        "reg_alice",
+        contact="sip:alice@127.0.0.2:5999",
+        source="127.0.0.2",
     )
     for reg in (reg_bob, reg_alice):
         [challenge] = reg.received(status=401)
@@ -200,7 +215,9 @@ def test_keepalive_scanner_and_open_relay_answers(kx: tuple[Lab, ProxyRun]) -> N
     ]
     # Neither the caller nor the callee is ours: not an open relay (the 403 is retransmitted until ACKed).
     assert set(
-        _ask(proxy, "127.0.0.7", method="INVITE", user="x", from_host="a.example.net", to_host="b.example.net")
+        _ask(
+            proxy, "127.0.0.7", method="INVITE", user="x", from_host="a.example.net", to_host="b.example.net"
+        )
     ) == {"SIP/2.0 403 Not relaying"}
 
 

@@ -246,6 +246,28 @@ async def test_ksr_pike_and_pipelimit_answer_what_the_script_says(
             assert (await (await rt.call("sip:bob@example.com", method="OPTIONS")).final()).status == 200
 
 
+async def test_script_check_reads_the_gate_verdict_without_counting_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With ``[pike] enabled`` the gate counts each request; pike_check_req must not count it a second time."""
+    from trioproxy.routing.ksr_pike import FloodService, use_flood_service
+    from trioproxy.testing import RouteTest
+
+    path = tmp_path / "pike.lua"
+    path.write_text(PIKE_SCRIPT.split("  if KSR.pipelimit")[0] + '  KSR.sl.sl_send_reply(200, "OK")\nend\n')
+    service = FloodService(tracker(reqs_density_per_unit=4), RateLimiter(interval=10.0), gate_counts=True)
+    with use_flood_service(service):
+        async with RouteTest(path) as rt:
+            # Eight script checks within the window: a counting check would have blocked at the 5th.
+            for _ in range(8):
+                final = await (await rt.call("sip:bob@example.com", method="OPTIONS")).final()
+                assert final.status == 200
+            assert not service.tracker.is_blocked(CALLER.host, trio.current_time())
+            service.tracker.block(CALLER.host, trio.current_time(), reason="test")
+            flooding = await (await rt.call("sip:bob@example.com", method="OPTIONS")).final()
+            assert (flooding.status, flooding.reason) == (503, "Flooding")
+
+
 async def test_the_transports_gate_answers_503_on_udp_and_tcp_before_anything_reaches_incoming() -> None:
     from trioproxy.transport import Listen, Transports
 

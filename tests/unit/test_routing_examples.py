@@ -19,7 +19,7 @@ def example(name: str, **kw: object) -> LuaScript:
 
 
 @pytest.mark.parametrize(
-    "name", ["default.lua", "ring-all.lua", "serial.lua", "blocklist.lua", "async_lookup.lua"]
+    "name", ["default.lua", "ring-all.lua", "serial.lua", "blocklist.lua", "async_lookup.lua", "public.lua"]
 )
 def test_examples_check_clean(name: str) -> None:
     result = check_script(EXAMPLES / name)
@@ -45,7 +45,7 @@ async def test_default_invite_to_registered_user() -> None:
     r = services.relays[0]
     assert r.ruri == "sip:bob@192.0.2.40:5062" and r.branches == []
     assert r.record_route and r.on_failure == "failure_next_contact" and r.on_branch == "branch_nat"
-    assert r.headers["Max-Forwards"] == ["9"]
+    assert r.headers["Max-Forwards"] == ["69"]  # process_maxfwd(10) decrements 70
     assert state.exited
     via = state.req.top_via  # force_rport stamped the caller's Via that is forwarded
     assert (via.params.get("received"), via.params.get("rport")) == ("192.0.2.10", "5060")

@@ -54,6 +54,9 @@ class FloodService:
     tracker: PikeTracker = field(default_factory=PikeTracker)
     limiter: RateLimiter = field(default_factory=RateLimiter)
     clock: Callable[[], float] = _now
+    # ``[pike] enabled``: the ingress gate already counted this request, so a script's check only reads the
+    # verdict (counting again would halve the configured rate).
+    gate_counts: bool = False
 
 
 _DEFAULT = FloodService()
@@ -98,6 +101,8 @@ class Pike(_Mod):
         if not text:
             return -1
         service = current_flood_service()
+        if service.gate_counts:
+            return -1 if service.tracker.is_blocked(text, service.clock()) else 1
         return 1 if service.tracker.check(text, service.clock()) else -1
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STREAM_TRANSPORTS",
     "TRANSPORTS",
+    "WS_TRANSPORTS",
     "Flow",
     "Listen",
     "Malformed",
@@ -25,11 +26,15 @@ __all__ = [
     "family_of",
 ]
 
-# Transports this package serves (WebSocket comes later); TLS is the TCP stream code over trio.SSLStream.
-TRANSPORTS = ("udp", "tcp", "tls")
+# Transports this package serves; TLS is the TCP stream code over trio.SSLStream, WS/WSS (RFC 7118) the same
+# connections carrying one SIP message per WebSocket message (``ws.py``).
+TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
 # Transports carried over a byte stream (framed by ``StreamFramer``, connections kept for reuse).
 STREAM_TRANSPORTS = frozenset({"tcp", "tls"})
+
+# WebSocket transports: connections are only accepted, never opened by the proxy.
+WS_TRANSPORTS = frozenset({"ws", "wss"})
 
 
 class TransportError(Exception):
@@ -85,6 +90,9 @@ class TransportConfig:
     # Seconds a stream may hold part of a message (a head without its blank line, a body still short)
     # before the connection is closed (slowloris); 0: only the idle timeout applies.
     message_timeout: float = 0.0
+    # Seconds a WebSocket connection may stay silent before the proxy sends a ping (RFC 6455 5.5.2); the
+    # idle timeout still closes a connection that answers nothing. 0: no pings.
+    ws_ping_interval: float = 30.0
     # SO_REUSEPORT on every listener, so that several worker processes can share the SIP port.
     reuse_port: bool = False
     # Kernel buffer sizes for UDP sockets (None keeps the system default).
