@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -82,8 +83,10 @@ class Run:
     fixed: list[Load] = field(default_factory=list)
     steps: list[Load] = field(default_factory=list)
     max_rate: int | None = None
-    peak_rss_main_kib: int = 0
+    peak_rss_main_kib: int = 0  # over the whole run (fixed rates and stepping)
     peak_pss_kib: int = 0
+    fixed_rss_main_kib: int = 0  # over the fixed-rate loads only: the same load for every proxy
+    fixed_pss_kib: int = 0
     processes: int = 0
     callee_calls: dict[str, int] = field(default_factory=dict)  # calls each callee completed, by scenario
     error: str | None = None
@@ -163,7 +166,7 @@ def run_scenario(args: argparse.Namespace, scn: Scenario, proxy_name: str, root:
         callee = f"{HOST}:{ports[0]}" if ports else f"{HOST}:{free_port()}"
         values = {"MODE": scn.mode, "UAS1": callee, "UAS2": f"{HOST}:{ports[-1]}" if ports else callee}
         proxy_port = free_port()
-        proxy = start_proxy(proxy_name, workdir, proxy_port, scn.script, values, args.workers)
+        proxy = start_proxy(proxy_name, workdir, proxy_port, scn.script, values, args.workers, args.kamailio_shm)
         started.append(proxy)
         for xml, port in zip(scn.callees, ports, strict=True):
             started.append(start_uas(workdir, xml, port))
@@ -186,6 +189,8 @@ def run_scenario(args: argparse.Namespace, scn: Scenario, proxy_name: str, root:
                 for rate in args.rates:
                     run.fixed.append(load(rate, args.seconds))
                     time.sleep(0.5)
+                memory.sample()
+                run.fixed_rss_main_kib, run.fixed_pss_kib = peak_rss_kib(proxy.pid), memory.peak_pss_kib
                 if args.max_rate > 0:
                     find_max_rate(args, load, run)
             finally:
@@ -222,8 +227,12 @@ def _rows(runs: dict[str, Run], rates: list[int]) -> list[tuple[str, dict[str, f
         rows.append((f"{what} p95 ms @{rate}/s", {p: f.p95_ms for p, f in loads.items()}, 2))
         failed = {p: 100.0 * f.failed / max(1, f.created, f.rate * f.seconds) for p, f in loads.items()}
         rows.append((f"failed % @{rate}/s", dict(failed), 2))
-    rows.append(("peak RSS main MB", {p: r.peak_rss_main_kib / 1024 or None for p, r in runs.items()}, 1))
-    rows.append(("peak PSS sum MB", {p: r.peak_pss_kib / 1024 or None for p, r in runs.items()}, 1))
+    at = "@" + ",".join(str(r) for r in rates) + "/s"
+    rows.append((f"peak RSS main MB {at}", {p: r.fixed_rss_main_kib / 1024 or None for p, r in runs.items()}, 1))
+    rows.append((f"peak PSS sum MB {at}", {p: r.fixed_pss_kib / 1024 or None for p, r in runs.items()}, 1))
+    if any(r.steps for r in runs.values()):
+        rows.append(("peak RSS main MB, whole run", {p: r.peak_rss_main_kib / 1024 or None for p, r in runs.items()}, 1))
+        rows.append(("peak PSS sum MB, whole run", {p: r.peak_pss_kib / 1024 or None for p, r in runs.items()}, 1))
     rows.append(("processes", {p: r.processes or None for p, r in runs.items()}, 0))
     for xml in any_run.callee_calls:
         rows.append((f"calls completed by {xml}", {p: r.callee_calls.get(xml) for p, r in runs.items()}, 0))
@@ -277,6 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a few seconds of every scenario at a low rate")
     p.add_argument("--proxy", action="append", choices=PROXIES, help="repeatable; default both")
     p.add_argument("--workers", type=int, default=1, help="proxy worker processes (Kamailio children)")
+    p.add_argument("--kamailio-shm", type=int, default=256, help="Kamailio shared memory in MB (default 256)")
     p.add_argument("--overload", action="store_true", help="overload run (not yet supported)")
     p.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run (default 900)")
     p.add_argument("--json", type=Path, help="write every result to this file")
@@ -292,6 +302,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(r <= 0 for r in args.rates) or args.seconds <= 0 or args.step_seconds <= 0 or args.step_start <= 0:
         p.error("rates and durations must be positive")
     return args
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("sipp"):
         print("bench: SIPp is not installed (apt-get install sip-tester)", file=sys.stderr)
         return 1
+    signal.signal(signal.SIGTERM, _interrupted)  # stop what was started, as on Ctrl-C
     args.deadline = time.monotonic() + args.budget
     root = Path(tempfile.mkdtemp(prefix="trioproxy-bench-"))
     runs: list[Run] = []

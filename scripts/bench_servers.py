@@ -82,15 +82,25 @@ class Started:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.remember_tree()
-        stop_process(self.proc, timeout=8.0)
+        try:
+            stop_process(self.proc, timeout=8.0)
+        except BaseException:  # interrupted while waiting: take the whole tree down at once
+            self._kill_left(list(self.tree))
+            raise
         deadline = time.monotonic() + 3.0
         left = [pid for pid, start in self.tree.items() if pid != self.pid and _start_time(pid) == start]
         while left and time.monotonic() < deadline:
             time.sleep(0.1)
             left = [pid for pid in left if _start_time(pid) == self.tree[pid]]
-        for pid in left:  # children the main process did not take down with it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        self._kill_left(left)  # children the main process did not take down with it
+
+    def _kill_left(self, pids: list[int]) -> None:
+        for pid in pids:
+            if _start_time(pid) == self.tree.get(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=2)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, proc: Started | None = None) -> None:
@@ -113,7 +123,7 @@ def render(template: Path, target: Path, values: dict[str, str]) -> Path:
 
 
 def start_proxy(
-    proxy: str, workdir: Path, port: int, script: str, values: dict[str, str], children: int = 1
+    proxy: str, workdir: Path, port: int, script: str, values: dict[str, str], children: int = 1, shm_mb: int = 256
 ) -> Started:
     """Start ``proxy`` on udp:127.0.0.1:``port`` routing with ``bench/<script>``; wait until it listens."""
     lua = render(BENCH_DIR / script, workdir / f"{proxy}-{script}", values)
@@ -130,7 +140,7 @@ def start_proxy(
             {"PORT": str(port), "SCRIPT": str(lua), "CHILDREN": str(children)},
         )
         cmd = [KAMAILIO, "-DD", "-E", "-f", str(cfg), "-P", str(rundir / "kamailio.pid"), "-Y", str(rundir)]
-        cmd += ["-m", "64", "-M", "8"]
+        cmd += ["-m", str(shm_mb), "-M", "8"]
     with out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
     started = Started(proxy, proc)

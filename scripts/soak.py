@@ -4,7 +4,8 @@
 Starts, on 127.0.0.1 only, ``trioproxy run`` with ``examples/routes/public.lua`` (pike for every untrusted
 source, digest authentication for REGISTER, calls to registered users) and an operator database, a SIPp
 callee registered (with its password) as ``svc``, and a SIPp caller placing ``--rate`` calls per second to
-``svc`` for ``--minutes`` (127.0.0.1 is in ``[pike] trusted``). Meanwhile, each at ``--abuse-factor`` times
+``svc`` for ``--minutes`` (127.0.0.1 is in ``[pike] trusted``; ``[pike] enabled`` counts every other
+source's requests at the ingress, before parsing, so garbage floods are blocked too). Meanwhile, each at ``--abuse-factor`` times
 the call rate, from sources of their own:
 
 * 127.0.0.2 sends garbage: valid requests mutated by ``trioproxy.testing.mutate``;
@@ -60,6 +61,7 @@ listen = ["udp:{host}:{port}"]
 [routing]
 script = "{script}"
 [pike]
+enabled = true
 sampling_time_unit = 2.0
 reqs_density_per_unit = 30
 block_time = 10.0

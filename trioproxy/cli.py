@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="operator tables (subscribers, address groups): sqlite:///PATH (see trioproxy user/address)",
     )
+    run.add_argument(
+        "--rtpengine",
+        action="append",
+        metavar="udp:HOST:PORT[=WEIGHT]",
+        help="rtpengine ng control socket for KSR.rtpengine (repeatable; replaces [rtpengine] instances)",
+    )
     run.add_argument("--timer-t1", type=float, metavar="SECONDS", help="RFC 3261 T1 (default 0.5)")
     run.add_argument("--timer-c", type=float, metavar="SECONDS", help="proxy INVITE Timer C (default 180)")
 
@@ -90,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="check a route script as a reload would (exit status 2 on an error)")
     check.add_argument("script", metavar="SCRIPT", help="the Lua route script")
+    check.add_argument(
+        "--rtpengine",
+        action="append",
+        metavar="udp:HOST:PORT",
+        help="check as a proxy with rtpengine instances would run it (KSR.rtpengine present)",
+    )
 
     test = sub.add_parser(
         "test",
@@ -140,6 +152,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         out["dns"] = {"nameservers": list(args.nameserver)}
     if args.db:
         out["db"] = {"url": args.db}
+    if args.rtpengine:
+        out["rtpengine"] = {"instances": list(args.rtpengine)}
     timers: dict[str, Any] = {}
     if args.timer_t1:
         timers["t1"] = args.timer_t1
@@ -220,7 +234,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from trioproxy.routing import check_script
 
-    result = check_script(args.script)
+    modules = frozenset({"rtpengine"}) if args.rtpengine else frozenset()
+    result = check_script(args.script, modules=modules)
     for line in result.errors:
         print(f"error: {line}")
     for line in result.warnings:

@@ -104,7 +104,8 @@ class ProxySection:
     # each stage's targets in parallel. Empty: forward to the Request-URI (or next_hop).
     fork: tuple[tuple[str, ...], ...] = ()
     udp_queue: int = 4096  # received messages waiting for the dispatcher; beyond it UDP drops and counts
-    tcp_idle_timeout: float = 300.0
+    tcp_idle_timeout: float = 300.0  # also WebSocket connections (answering pings counts as traffic)
+    ws_ping_interval: float = 30.0  # seconds of silence from a WebSocket peer before the proxy pings it (0: never)
     drain_time: float = 30.0  # on SIGTERM: seconds to let requests in flight finish before exiting
     gc_full_interval: float = 600.0  # seconds between full garbage collections (0: never); see server.tune_gc
 
@@ -226,6 +227,15 @@ class TlsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class RtpengineSection:
+    # rtpengine ng control sockets for KSR.rtpengine: "udp:HOST:PORT" or "udp:HOST:PORT=WEIGHT" (docs/KSR.md).
+    instances: tuple[str, ...] = ()  # none: KSR.rtpengine is nil in scripts
+    timeout: float = 1.0  # seconds to wait for an answer before sending the command again
+    retries: int = 2  # resends before the instance counts as dead and the next one is tried
+    disable_time: float = 60.0  # seconds a dead instance is left out
+
+
+@dataclass(frozen=True, slots=True)
 class MgmtSection:
     listen: str = "127.0.0.1:9060"  # the management HTTP API (HOST:PORT); "" turns it off
     token: str = ""  # when set, requests need "Authorization: Bearer TOKEN"
@@ -252,6 +262,7 @@ class Config:
     pike: PikeSection = field(default_factory=PikeSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     tls: TlsSection = field(default_factory=TlsSection)
+    rtpengine: RtpengineSection = field(default_factory=RtpengineSection)
     # [htable.NAME] tables, by name (not a section of its own: see load_config).
     htable: tuple[tuple[str, HtableSection], ...] = ()
 
@@ -391,6 +402,7 @@ def _check(config: Config, text: str | None, source: str | None) -> None:
         raise ConfigError("auth.algorithms", 'expected a list of "SHA-256" and/or "MD5"', _line_of(text, "auth.algorithms"), source)
     _check_limits(config, text, source)
     _check_tls(config, text, source)
+    _check_rtpengine(config, text, source)
     for name in ("t1", "t2", "t4", "timer_c"):
         if getattr(config.timers, name) <= 0:
             raise ConfigError(f"timers.{name}", "must be positive", _line_of(text, f"timers.{name}"), source)
@@ -423,6 +435,7 @@ def _check_limits(config: Config, text: str | None, source: str | None) -> None:
         ("limits.max_transactions_per_source", limits.max_transactions_per_source),
         ("limits.tcp_max_connections_per_source", limits.tcp_max_connections_per_source),
         ("limits.tcp_message_timeout", limits.tcp_message_timeout), ("limits.max_breadth", limits.max_breadth),
+        ("proxy.ws_ping_interval", config.proxy.ws_ping_interval),
     )  # fmt: skip
     for key, value in not_negative:
         if value < 0:
@@ -452,6 +465,22 @@ def _check_tls(config: Config, text: str | None, source: str | None) -> None:
         path = getattr(tls, name)
         if path and not Path(path).is_file():
             raise ConfigError(f"tls.{name}", f"cannot read {path!r}", _line_of(text, f"tls.{name}"), source)
+
+
+def _check_rtpengine(config: Config, text: str | None, source: str | None) -> None:
+    from trioproxy.rtpengine import parse_instance
+
+    rtp = config.rtpengine
+    for i, item in enumerate(rtp.instances):
+        try:
+            parse_instance(item)
+        except ValueError as exc:
+            raise ConfigError(f"rtpengine.instances[{i}]", str(exc), _line_of(text, "rtpengine.instances"), source) from None
+    for name in ("timeout", "disable_time"):
+        if getattr(rtp, name) <= 0:
+            raise ConfigError(f"rtpengine.{name}", "must be positive", _line_of(text, f"rtpengine.{name}"), source)
+    if rtp.retries < 0:
+        raise ConfigError("rtpengine.retries", "must not be negative", _line_of(text, "rtpengine.retries"), source)
 
 
 def _build_htables(data: Any, text: str | None, source: str | None) -> tuple[tuple[str, HtableSection], ...]:

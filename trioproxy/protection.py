@@ -33,6 +33,7 @@ def transport_config(config: Config) -> TransportConfig:
     return TransportConfig(
         incoming_capacity=config.proxy.udp_queue,
         idle_timeout=config.proxy.tcp_idle_timeout,
+        ws_ping_interval=config.proxy.ws_ping_interval,
         max_message_size=limits.tcp_max_message_size,
         udp_max_message_size=limits.udp_max_message_size,
         max_connections=limits.tcp_max_connections,

@@ -25,7 +25,9 @@ from trioproxy.operator import OperatorRuntime
 from trioproxy.protection import Protection, build_htables, transport_config
 from trioproxy.proxy import LocationRouter, Proxy, Router, StaticRouter, Target
 from trioproxy.routing import ScriptError, ScriptHolder
+from trioproxy.routing.ksr_rtpengine import set_rtpengine
 from trioproxy.routing.router import LuaRouter
+from trioproxy.rtpengine import RtpengineClient, parse_instance
 from trioproxy.service import LoopLag, ProxyMgmtApp, reload_script
 from trioproxy.sip import Request, Response, parse_uri_untrusted
 from trioproxy.transaction import Timers
@@ -115,6 +117,7 @@ def build_holder(config: Config) -> ScriptHolder:
         instruction_budget=config.routing.instruction_budget,
         memory_limit=config.routing.memory_limit_mb * 1024 * 1024,
         htables=build_htables(config),
+        modules=frozenset({"rtpengine"}) if config.rtpengine.instances else frozenset(),
     )
     result = holder.reload(path)
     if not result.ok:
@@ -122,6 +125,15 @@ def build_holder(config: Config) -> ScriptHolder:
     for warning in result.warnings:
         log.warning("%s", warning)
     return holder
+
+
+def build_rtpengine(config: Config) -> RtpengineClient | None:
+    """The ng client of ``[rtpengine] instances`` (None when there are none: KSR.rtpengine is nil)."""
+    rtp = config.rtpengine
+    if not rtp.instances:
+        return None
+    instances = [parse_instance(item) for item in rtp.instances]
+    return RtpengineClient(instances, timeout=rtp.timeout, retries=rtp.retries, disable_time=rtp.disable_time)
 
 
 def _touches(changes: set[tuple[watchfiles.Change, str]], target: str) -> bool:
@@ -168,6 +180,7 @@ async def serve(
     """Run the proxy until SIGINT/SIGTERM (or cancellation)."""
     listens = [Listen(s.transport, s.host, s.port) for s in config.listens]
     protection = Protection.start(config)
+    set_rtpengine(build_rtpengine(config))  # for the tasks started from here on (the routes' effects)
     tconfig = dataclasses.replace(transport_config(config), handshake_timeout=config.tls.handshake_timeout)
     transports = Transports(listens, tconfig, gate=protection.gate, tls=build_tls(config))
     timers = Timers(t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4, timer_c=config.timers.timer_c)

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "transport": 2,
     "db": 2,
     "locate": 2,
+    "rtpengine": 2,  # the rtpengine ng client (bencode, flags, SDP, UDP client): used by routing
     "location": 2,
     "proxy": 3,
     "routing": 4,

@@ -365,3 +365,33 @@ async def test_request_nursery_leaves_nothing_running(autojump_clock: trio.testi
         stats = proxy.table.statistics()
         live = ("server_invite", "server_non_invite", "client_invite", "client_non_invite")
         assert [stats[k] for k in live] == [0, 0, 0, 0]
+
+
+class _RewritingRouter(StaticRouter):
+    """A reply hook that rewrites the body of a 2xx, as a media relay's reply route does."""
+
+    async def on_response(self, ctx: object, branch: object, response: object) -> bool:
+        from trioproxy.sip import Response
+
+        if isinstance(response, Response) and 200 <= response.status < 300 and response.body:
+            response.set_body(b"v=0\r\nc=IN IP4 127.0.0.99\r\n", "application/sdp")
+        return True
+
+
+async def test_retransmitted_2xx_goes_up_with_the_body_first_forwarded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The callee resends its 2xx (the ACK was lost): the resend reaches the caller with the body the reply
+    hook gave the first one (rtpengine's SDP), not the callee's own."""
+    async with running_proxy(_RewritingRouter(stages=[[target(A)]])) as (_proxy, net):
+        await net.inject(invite(), CALLER)
+        ia = await net.request_to(A)
+        ok = reply(ia, 200, tag="a")
+        ok.set_body(b"v=0\r\nc=IN IP4 127.0.0.11\r\n", "application/sdp")
+        await net.inject(ok, A)
+        first = await net.response_up(200)
+        assert first.body == b"v=0\r\nc=IN IP4 127.0.0.99\r\n"
+        await trio.sleep(1)
+        await net.inject(ok, A)  # the same 2xx again
+        await net.wait_for(lambda s: s.dest is None and len(net.responses_up(200)) == 2)
+        assert [r.body for r in net.responses_up(200)] == [first.body, first.body]

@@ -115,6 +115,15 @@ def _has_option(request: Request, header: str, tag: str) -> bool:
     return any(v.strip().lower() == tag for v in request.get_all(header))
 
 
+def _ws_flow(request: Request) -> AddressLike | None:
+    # RFC 7118 / RFC 5626: a WebSocket client is only reachable over its own connection (its Contact host is
+    # typically ".invalid"), so the binding keeps the flow it registered over as its `received` source.
+    remote: Any = getattr(getattr(request, "flow", None), "remote", None)
+    if remote is not None and getattr(remote, "transport", None) in ("ws", "wss"):
+        return remote  # type: ignore[no-any-return]
+    return None
+
+
 def _match(current: dict[str, Binding], entry: Binding) -> Binding | None:
     # RFC 5626 6: a binding with the same +sip.instance and reg-id is the same flow's registration.
     if entry.instance is not None and entry.reg_id is not None:
@@ -304,6 +313,8 @@ class Registrar:
         cseq = request.cseq.seq
         user_agent = request.get("User-Agent")
         socket = self._socket_of(request)
+        if received is None:
+            received = _ws_flow(request)
         entries = []
         for na in contacts:
             expires = self._expires_of(na, request)

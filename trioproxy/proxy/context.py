@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from trioproxy.locate import LocateError
-from trioproxy.proxy.forward import make_branch_id, prepare_branch, record_route_values, via_value
+from trioproxy.proxy.forward import (
+    make_branch_id,
+    prepare_branch,
+    record_route_values,
+    via_value,
+    ws_destinations,
+)
 from trioproxy.proxy.response_context import Disposition, ResponseContext
 from trioproxy.proxy.router import Target
 from trioproxy.sip import (
@@ -52,6 +58,7 @@ from trioproxy.sip import (
 )
 from trioproxy.transaction import ClientTransaction, ServerTransaction
 from trioproxy.transport import TransportError
+from trioproxy.transport.types import WS_TRANSPORTS
 
 if TYPE_CHECKING:
     from trioproxy.proxy.core import Proxy
@@ -141,6 +148,8 @@ class RequestContext:
     stage_sent: int = 0  # branches of the last stage that passed the branch hook
     branches_sent: int = 0  # branches of every stage that passed the branch hook
     branch_breadth: int | None = None  # RFC 5393: the Max-Breadth each branch of this stage carries
+    # Bodies of the 2xx responses sent upstream, by To tag (retransmissions go up with the same body).
+    forwarded_2xx_bodies: dict[str, tuple[bytes, str | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rc = ResponseContext(is_invite=self.original.method == "INVITE")
@@ -366,8 +375,14 @@ class RequestContext:
         base_req = branch.request
         if target.dst is not None:
             hop = target.dst
+        ws_dests = ws_destinations(hop, self.route_params, explicit=target.dst is not None)
+        ws_hop = target.received is None and ws_dests is not None
         if target.received is not None:
             dests = [target.received]
+        elif ws_dests is not None:
+            # RFC 7118: a WebSocket peer is reached only over the connection it opened: never located (its
+            # host is often ".invalid"), never connected to; in a dialog, over the flow our Route recorded.
+            dests = ws_dests
         else:
             try:
                 dests = await proxy.locate(hop)  # RFC 3263, inside this branch's cancel scope
@@ -375,6 +390,12 @@ class RequestContext:
                 log.info("cannot locate %s: %s", hop, exc)
                 await self.on_response(branch, self.local_response(exc.status, "DNS Failure"), local=True)
                 return False
+        if (ws_hop or any(d.transport in WS_TRANSPORTS for d in dests)) and not any(
+            flow_open(proxy, d) for d in dests
+        ):
+            # The WebSocket client has gone away: fail at once rather than after a timer.
+            await self.on_response(branch, self.local_response(480, "Temporarily Unavailable"), local=True)
+            return False
         dests = proxy.filter_blocked(dests)
         if not dests:
             # No server for the name (RFC 3263 4.4 found nothing): the answer Kamailio users know.
@@ -395,7 +416,10 @@ class RequestContext:
         for i, (dest, local) in enumerate(usable):
             req = base_req.copy()
             if self.record_route:
-                for value in reversed(record_route_values(self.inbound, local, self.record_route_params)):
+                rr = record_route_values(
+                    self.inbound, local, self.record_route_params, source=self.original.source, dest=dest
+                )
+                for value in reversed(rr):
                     req.insert_top("Record-Route", value)
             req.insert_top("Via", via_value(local, make_branch_id(self.loop_hash)))
             branch.request, branch.dest, branch.provisional = req, dest, False
@@ -484,6 +508,8 @@ class RequestContext:
             if not await self._reply_hook(branch, response):
                 return
             self._caller_vias(response)
+            if 200 <= response.status < 300 and response.body:
+                self._keep_2xx_body(response)
         disposition = self.rc.classify(response)
         if disposition in (Disposition.FORWARD, Disposition.FORWARD_AND_CANCEL):
             if response.status >= 200:
@@ -540,10 +566,23 @@ class RequestContext:
             b.scope = None
         self.branches = []
 
+    def _keep_2xx_body(self, response: Response) -> None:
+        # The body of a 2xx as it went upstream (a reply route may have rewritten it: rtpengine's SDP), by
+        # To tag, so that the callee's retransmissions of that 2xx carry the same body to the caller.
+        tag = response.to.tag
+        if tag is not None:
+            self.forwarded_2xx_bodies[tag] = (response.body, response.get("Content-Type"))
+
     async def forward_late_2xx(self, response: Response) -> None:
-        """A 2xx that arrived after its branch ended still goes upstream (16.7 step 5, RFC 6026)."""
+        """A 2xx that arrived after its branch ended still goes upstream (16.7 step 5, RFC 6026).
+
+        A retransmission of a 2xx already forwarded carries the body that went upstream the first time (its
+        reply route no longer runs: the route state is released when the request ends)."""
         response.pop_first("Via")
         self._caller_vias(response)
+        kept = self.forwarded_2xx_bodies.get(response.to.tag or "")
+        if kept is not None and response.body and kept[0] != response.body:
+            response.set_body(kept[0], kept[1])
         self.rc.classify(response)
         await self.proxy.respond(self, response)
 
@@ -555,3 +594,12 @@ def max_breadth_of(request: Request, default: int) -> int | None:
     if value is not None and value.strip().isdigit() and len(value.strip()) <= 9:
         return int(value.strip())
     return default if default > 0 else None
+
+
+def flow_open(proxy: Any, dest: Address) -> bool:
+    # Whether a message to dest can leave now: always for UDP/TCP/TLS (connections are opened on demand),
+    # for WS/WSS only over the live connection the peer opened.
+    if dest.transport not in WS_TRANSPORTS:
+        return True
+    connection = getattr(proxy.transports, "connection", None)
+    return connection is not None and connection(dest) is not None

@@ -28,7 +28,13 @@ import trio
 
 from trioproxy.faults import call_id_of, contain
 from trioproxy.proxy.context import Branch, BranchEvent, RequestContext
-from trioproxy.proxy.forward import make_branch_id, prepare_branch, preprocess_routes, via_value
+from trioproxy.proxy.forward import (
+    make_branch_id,
+    prepare_branch,
+    preprocess_routes,
+    via_value,
+    ws_destinations,
+)
 from trioproxy.proxy.router import Router, Target
 from trioproxy.proxy.validate import check_request, loop_hash
 from trioproxy.sip import (
@@ -622,7 +628,11 @@ class Proxy:
         )
         if target.dst is not None:
             hop = target.dst
-        dests = [target.received] if target.received is not None else await self.locate(hop)
+        if target.received is not None:
+            dests = [target.received]
+        else:
+            ws_dests = ws_destinations(hop, ctx.route_params, explicit=target.dst is not None)
+            dests = ws_dests if ws_dests is not None else await self.locate(hop)
         if not dests:
             return False
         dest = dests[0]

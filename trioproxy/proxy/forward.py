@@ -5,6 +5,7 @@ These functions take the proxy's own addresses as arguments; they never touch a 
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections.abc import Callable, Sequence
 
@@ -18,6 +19,8 @@ __all__ = [
     "preprocess_routes",
     "record_route_values",
     "via_value",
+    "ws_destinations",
+    "ws_flow",
 ]
 
 IsMine = Callable[[URI], bool]
@@ -40,15 +43,57 @@ def own_uri(local: Address, *, lr: bool = True, extra: str = "") -> str:
     return f"sip:{host}:{local.port}{tp}{';lr' if lr else ''}{extra}"
 
 
-def record_route_values(inbound: Address, outbound: Address, params: str = "") -> list[str]:
+def record_route_values(
+    inbound: Address,
+    outbound: Address,
+    params: str = "",
+    *,
+    source: Address | None = None,
+    dest: Address | None = None,
+) -> list[str]:
     """Record-Route values to insert, top first (16.6 step 4; RFC 5658 double Record-Route).
 
     When the request leaves on another transport or address than it came in on, both are recorded, so that
-    requests in either direction of the dialog reach the right side of the proxy.
+    requests in either direction of the dialog reach the right side of the proxy. A WebSocket side (RFC
+    7118; ``source`` the peer the request came from, ``dest`` the one it goes to) is always recorded on its
+    own and carries that peer's flow (``;wsflow=host~port~proto``, see ``ws_flow``): a WebSocket client's
+    Contact names an unresolvable host, so in-dialog requests towards it go over this flow.
     """
-    if (inbound.transport, inbound.host, inbound.port) == (outbound.transport, outbound.host, outbound.port):
+    ws_in = inbound.transport in _WS and source is not None
+    ws_out = outbound.transport in _WS and dest is not None
+    if not (ws_in or ws_out) and (inbound.transport, inbound.host, inbound.port) == (
+        outbound.transport, outbound.host, outbound.port,
+    ):  # fmt: skip
         return [f"<{own_uri(inbound, extra=params)}>"]
-    return [f"<{own_uri(outbound, extra=';r2=on' + params)}>", f"<{own_uri(inbound, extra=';r2=on' + params)}>"]
+    out_extra = ";r2=on" + (_flow_param(dest) if ws_out and dest is not None else "") + params
+    in_extra = ";r2=on" + (_flow_param(source) if ws_in and source is not None else "") + params
+    return [f"<{own_uri(outbound, extra=out_extra)}>", f"<{own_uri(inbound, extra=in_extra)}>"]
+
+
+_WS = frozenset({"ws", "wss"})
+_WS_PROTO = {"ws": "5", "wss": "6"}  # Kamailio's protocol numbers (as in ``;alias=``)
+
+
+def _flow_param(peer: Address) -> str:
+    host = f"[{peer.host}]" if ":" in peer.host else peer.host
+    return f";wsflow={host}~{peer.port}~{_WS_PROTO[peer.transport]}"
+
+
+def ws_flow(route_params: str | None) -> Address | None:
+    """The WebSocket peer named by a ``;wsflow=host~port~proto`` parameter of our Route removed by 16.4
+    pre-processing (``route_params``), or None."""
+    if not route_params:
+        return None
+    for param in route_params.split(";"):
+        name, _sep, value = param.partition("=")
+        if name.strip().lower() != "wsflow":
+            continue
+        parts = value.strip().split("~")
+        if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in ("5", "6"):
+            return None
+        host = parts[0].strip("[]")
+        return Address("ws" if parts[2] == "5" else "wss", host, int(parts[1]))
+    return None
 
 
 def preprocess_routes(request: Request, is_mine: IsMine) -> str | None:
@@ -120,3 +165,24 @@ def next_hop(dst: str | URI | None, fallback: URI) -> URI:
     if isinstance(dst, URI):
         return dst
     return parse_uri_untrusted(dst)
+
+
+def ws_destinations(hop: URI, route_params: str | None, *, explicit: bool = False) -> list[Address] | None:
+    """Where a request to a WebSocket next hop goes (RFC 7118), or None when ``hop`` is not one.
+
+    Never located and never connected to: the flow our Route recorded (``ws_flow``, unless the destination
+    was set ``explicit``-ly), else the hop's address when it is an IP literal; [] when neither (a browser's
+    ``.invalid`` host).
+    """
+    transport = (hop.transport or "").lower()
+    if transport not in _WS:
+        return None
+    flow = None if explicit else ws_flow(route_params)
+    if flow is not None:
+        return [flow]
+    host = (hop.params.get("maddr") or hop.host).strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return []
+    return [Address(transport, host, hop.port or (443 if transport == "wss" else 80))]

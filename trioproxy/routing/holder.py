@@ -56,10 +56,14 @@ def check_script(
     *,
     instruction_budget: int = DEFAULT_INSTRUCTION_BUDGET,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    modules: frozenset[str] = frozenset(),
 ) -> CheckResult:
-    """Load ``path`` in a throwaway runtime with every load-time check (``trioproxy check SCRIPT``)."""
+    """Load ``path`` in a throwaway runtime with every load-time check (``trioproxy check SCRIPT``);
+    ``modules``: the optional KSR modules the proxy would provide (``rtpengine``)."""
     try:
-        script = LuaScript.load(path, instruction_budget=instruction_budget, memory_limit=memory_limit)
+        script = LuaScript.load(
+            path, instruction_budget=instruction_budget, memory_limit=memory_limit, modules=modules
+        )
     except ScriptError as e:
         return CheckResult(False, list(e.errors), [], _hash_file(path))
     return CheckResult(True, [], list(script.warnings), script.sha256)
@@ -79,8 +83,10 @@ class ScriptHolder:
         instruction_budget: int = DEFAULT_INSTRUCTION_BUDGET,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         htables: HtableStore | None = None,
+        modules: frozenset[str] = frozenset(),
     ) -> None:
         self.instruction_budget = instruction_budget
+        self.modules = modules  # optional KSR modules provided to every version (rtpengine)
         self.memory_limit = memory_limit
         self.htables = htables or HtableStore()
         self.stats = RoutingStats()
@@ -110,6 +116,7 @@ class ScriptHolder:
                 memory_limit=self.memory_limit,
                 htables=self.htables,
                 stats=self.stats,
+                modules=self.modules,
             )
         except ScriptError as e:
             self.stats.reloads_failed += 1

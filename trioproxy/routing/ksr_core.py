@@ -161,6 +161,38 @@ class Core(_Mod):
     def is_PUBLISH(self) -> bool:
         return self._st.method == "PUBLISH"
 
+    # The transport the message arrived over (Kamailio's KSR.is_UDP ... is_WSX, is_proto("w")).
+    def _proto(self) -> str:
+        src = self._st.msg.source
+        return src.transport.lower() if src is not None else ""
+
+    def is_UDP(self) -> bool:
+        return self._proto() == "udp"
+
+    def is_TCP(self) -> bool:
+        return self._proto() == "tcp"
+
+    def is_TLS(self) -> bool:
+        return self._proto() == "tls"
+
+    def is_SCTP(self) -> bool:
+        return self._proto() == "sctp"
+
+    def is_WS(self) -> bool:
+        return self._proto() == "ws"
+
+    def is_WSS(self) -> bool:
+        return self._proto() == "wss"
+
+    def is_WSX(self) -> bool:
+        return self._proto() in ("ws", "wss")
+
+    def is_proto(self, letters: str) -> bool:
+        """Letters: e any, u udp, t tcp, s tls, c sctp, w ws, W wss (Kamailio's ``is_proto``)."""
+        proto = self._proto()
+        names = {"u": "udp", "t": "tcp", "s": "tls", "c": "sctp", "w": "ws", "W": "wss"}
+        return "e" in letters or any(names.get(c) == proto for c in letters)
+
     def _logmsg(self, level: int, msg: object) -> None:
         self._ctx.log.log(level, "[%s] %s", self._ctx.name, str(msg).rstrip("\n"))
 

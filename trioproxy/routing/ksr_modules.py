@@ -290,7 +290,8 @@ class Nathelper(_Mod):
 
     def nat_uac_test(self, flags: int) -> int:
         """Bits: 1 Contact private IP, 2 Via host != source IP, 4 Via host private, 8 SDP c= private,
-        16 Via port != source port, 32 Contact host != source IP."""
+        16 Via port != source port, 32 Contact host != source IP, 64 arrived over WebSocket (ws/wss),
+        128 Contact port != source port."""
         msg = self._st.msg
         src = msg.source
         f = int(flags)
@@ -304,6 +305,8 @@ class Nathelper(_Mod):
             (8, lambda: any(_private(m.decode()) for m in _SDP_C_RE.findall(msg.body))),
             (16, lambda: src is not None and (via_port or 5060) != src.port),
             (32, lambda: src is not None and any(c.uri.host != src.host for c in contacts)),
+            (64, lambda: src is not None and src.transport in ("ws", "wss")),
+            (128, lambda: src is not None and any((c.uri.port or 5060) != src.port for c in contacts)),
         ]
         return _b(any(bit & f and test() for bit, test in checks))
 
@@ -327,6 +330,11 @@ class Nathelper(_Mod):
         return self._rewrite_contact("fix")
 
     def set_contact_alias(self) -> int:
+        return self._rewrite_contact("alias")
+
+    def add_contact_alias(self) -> int:
+        """``;alias=ip~port~proto`` of the source on the first Contact; in a reply route, of the reply being
+        forwarded (so that in-dialog requests find a WebSocket or NATed callee over its flow)."""
         return self._rewrite_contact("alias")
 
     def fix_nated_register(self) -> int:

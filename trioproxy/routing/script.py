@@ -27,6 +27,7 @@ from .ksr_core import Core, Hdr, KsrContext, Kx, Maxfwd, Pv, Siputils, Textops
 from .ksr_modules import Corex, Htable, Nathelper, Rr, Tm, Tmx
 from .ksr_permissions import Permissions
 from .ksr_pike import Pike, Pipelimit
+from .ksr_rtpengine import RTPENGINE_HANDLERS, RTPENGINE_SHIMS
 from .prelude import PRELUDE
 from .scan import Finding, scan_source
 from .services import RouteServices
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_MEMORY_LIMIT",
     "KSR_CORE",
     "KSR_MODULES",
+    "OPTIONAL_MODULES",
     "LuaScript",
     "RouteError",
     "RoutingStats",
@@ -136,6 +138,10 @@ _MODULE_CLASSES: dict[str, type] = {
 # Challenges send a reply: effects of their own, merged into the bridge's tables.
 EFFECT_SHIMS.update(AUTH_EFFECT_SHIMS)
 HANDLERS.update(AUTH_HANDLERS)
+# Modules present only when the proxy is configured for them (``modules=`` of ``LuaScript.load``): without
+# it they are nil at run time, so ``if KSR.rtpengine then`` guards tell the truth. All their calls are effects.
+OPTIONAL_MODULES: dict[str, dict[str, str]] = {"rtpengine": RTPENGINE_SHIMS}
+HANDLERS.update(RTPENGINE_HANDLERS)
 
 
 def _api_names() -> tuple[frozenset[str], dict[str, frozenset[str]]]:
@@ -185,6 +191,7 @@ class LuaScript:
         memory_limit: int,
         htables: HtableStore,
         stats: RoutingStats,
+        modules: frozenset[str] = frozenset(),
     ) -> None:
         # Use LuaScript.load: this only builds the runtime and compiles.
         self.name = name
@@ -211,7 +218,8 @@ class LuaScript:
         for mod, cls in _MODULE_CLASSES.items():
             raw[mod] = _table(lua, f"KSR.{mod}.", _public(cls(ctx)), ctx)
         raw["kx"] = _table(lua, "KSR.kx.", Kx(ctx).functions(), ctx)
-        shims = t({mod: t(fns) for mod, fns in EFFECT_SHIMS.items()})
+        effects = {**EFFECT_SHIMS, **{m: OPTIONAL_MODULES[m] for m in sorted(modules)}}
+        shims = t({mod: t(fns) for mod, fns in effects.items()})
         ok, err = _tuple2(setup(t(raw), shims, name, source))
         if not ok:
             line, msg = _split_lua_error(str(err), name)
@@ -227,13 +235,18 @@ class LuaScript:
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         htables: HtableStore | None = None,
         stats: RoutingStats | None = None,
+        modules: frozenset[str] = frozenset(),
     ) -> LuaScript:
         """Compile and check a script: a path (when ``name`` is None) or source text named ``name``.
 
         Runs the top-level code and ``ksr_init()`` if defined. Raises ``ScriptError`` on a syntax error,
         an unknown KSR function, a t_on_* route name with no such function, a missing
-        ``ksr_request_route``, or an error in the top-level code or ``ksr_init``.
+        ``ksr_request_route``, or an error in the top-level code or ``ksr_init``. ``modules`` names the
+        ``OPTIONAL_MODULES`` the proxy provides (e.g. ``rtpengine`` when it has instances).
         """
+        unknown = set(modules) - set(OPTIONAL_MODULES)
+        if unknown:
+            raise ValueError(f"unknown optional modules: {sorted(unknown)}")
         if name is None:
             name = str(path_or_source)
             try:
@@ -242,7 +255,8 @@ class LuaScript:
                 raise ScriptError(name, 0, f"cannot read script: {e}") from None
         else:
             source = str(path_or_source)
-        scan = scan_source(source, KSR_CORE, KSR_MODULES)
+        provided = {**KSR_MODULES, **{m: frozenset(OPTIONAL_MODULES[m]) for m in modules}}
+        scan = scan_source(source, KSR_CORE, provided)
         errors = [f"{name}:{f.line}: {f.message}" for f in scan.errors]
         if errors:
             first = scan.errors[0]
@@ -254,6 +268,7 @@ class LuaScript:
             memory_limit=memory_limit,
             htables=htables or HtableStore(),
             stats=stats or RoutingStats(),
+            modules=frozenset(modules),
         )
         script.warnings = [f"{name}:{f.line}: {f.message}" for f in scan.warnings]
         script._init_checks(scan.callbacks)

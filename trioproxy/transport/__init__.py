@@ -1,4 +1,4 @@
-"""The trio transport layer: UDP, TCP and TLS listeners, flows, RFC 3581 and RFC 3261 18.2.2 response routing."""
+"""The trio transport layer: UDP, TCP, TLS and WebSocket (ws, wss) listeners, flows, RFC 3581 and RFC 3261 18.2.2 response routing."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .types import (
 )
 from .udp import UDPEndpoint
 from .via import response_address, response_target, same_ip, stamp_via
+from .ws import WSConnection
 
 __all__ = [
     "Flow",
@@ -30,6 +31,7 @@ __all__ = [
     "TransportStatistics",
     "Transports",
     "UDPEndpoint",
+    "WSConnection",
     "family_of",
     "response_address",
     "response_target",

@@ -16,7 +16,8 @@ accepted socket and the connection's task runs the server handshake first (bound
 a client that never finishes it is closed); an outgoing ``"tls"`` connection finishes its handshake, server
 certificate checked, before it enters the table. The table is keyed by transport too, so a TCP and a TLS
 connection to the same address never stand in for each other. Limits (connections in total and per source,
-idle and message timeouts) count both alike.
+idle and message timeouts) count both alike. WebSocket listeners (``ws``, ``wss``) accept here too; their
+connections are ``ws.WSConnection`` and their receive task is ``ws.serve_ws`` (never opened by the proxy).
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ from trioproxy.sip import Address, Keepalive, SIPError, StreamFramer, parse_mess
 
 from .inbound import answerable_request, flood_reply
 from .tls import TLSContexts
-from .types import Flow, Listen, Malformed, TransportConfig, TransportError, TransportStatistics, family_of
+from .types import (
+    WS_TRANSPORTS,
+    Flow,
+    Listen,
+    Malformed,
+    TransportConfig,
+    TransportError,
+    TransportStatistics,
+    family_of,
+)
 
 __all__ = ["TCPConnection", "TCPListener", "TCPManager"]
 
@@ -183,8 +193,9 @@ class TCPManager:
                 sock.close()
                 continue
             transport = listener.transport
+            secure = transport in ("tls", "wss")
             stream: trio.abc.Stream = trio.SocketStream(sock)
-            if transport == "tls":
+            if secure:
                 try:
                     stream = self._tls().server_stream(trio.SocketStream(sock))
                 except (TransportError, ValueError) as exc:
@@ -192,14 +203,19 @@ class TCPManager:
                     sock.close()
                     continue
             local = Address(transport, local_name[0], local_name[1])
-            conn = TCPConnection(
-                stream,
-                local,
-                Address(transport, peer[0], peer[1]),
-                outbound=False,
-                send_timeout=self.config.send_timeout,
-                handshake_pending=transport == "tls",
-            )
+            remote = Address(transport, peer[0], peer[1])
+            conn: TCPConnection
+            if transport in WS_TRANSPORTS:
+                from .ws import WSConnection  # here: ws.py imports this module
+
+                conn = WSConnection(
+                    stream, local, remote, send_timeout=self.config.send_timeout, handshake_pending=secure
+                )
+            else:
+                conn = TCPConnection(
+                    stream, local, remote, outbound=False, send_timeout=self.config.send_timeout,
+                    handshake_pending=secure,
+                )  # fmt: skip
             stats.tcp_connections_accepted += 1
             self.accepted_by_source[peer[0]] = self.accepted_by_source.get(peer[0], 0) + 1
             self._start(conn)
@@ -254,7 +270,13 @@ class TCPManager:
             with conn._scope:
                 if conn.handshake_pending and not await self._handshake(conn):
                     return
-                await self._read_loop(conn)
+                if conn.remote.transport in WS_TRANSPORTS:
+                    from .ws import WSConnection, serve_ws  # here: ws.py imports this module
+
+                    assert isinstance(conn, WSConnection)
+                    await serve_ws(self, conn)
+                else:
+                    await self._read_loop(conn)
         except Exception as exc:  # boundary of a connection task: the connection closes, the server goes on
             contain("tcp_connection", exc, detail=f"connection from {conn.remote}")
         finally:

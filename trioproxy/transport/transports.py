@@ -1,6 +1,7 @@
 """``Transports``: the listeners, the ``incoming`` channel and the two send operations.
 
-TCP and TLS share the stream code of ``tcp.py``; TLS needs a ``TLSContexts`` (``tls=``) for its listeners and
+TCP, TLS and WebSocket (``ws``/``wss``, ``ws.py``: sent to only over the peer's own connection) share the
+stream code of ``tcp.py``; TLS needs a ``TLSContexts`` (``tls=``) for its listeners and
 for the connections it opens. An outgoing TLS connection checks the server certificate against the name the
 next hop was located by, when the proxy told it (``note_server_name``), else against the IP address.
 """
@@ -23,6 +24,7 @@ from .tcp import TCPConnection, TCPListener, TCPManager
 from .tls import TLSContexts
 from .types import (
     STREAM_TRANSPORTS,
+    WS_TRANSPORTS,
     Flow,
     Listen,
     Malformed,
@@ -45,7 +47,7 @@ _RESTART_PAUSE = 0.1  # seconds before a listener loop that failed starts again
 
 
 class Transports:
-    """UDP, TCP and TLS listeners on IPv4/IPv6, a bounded ``incoming`` channel, ``send_request``/``send_response``.
+    """UDP, TCP, TLS, WS and WSS listeners on IPv4/IPv6, a bounded ``incoming`` channel, ``send_request``/``send_response``.
 
     Usage: ``await nursery.start(transports.serve)``; then read ``transports.incoming``. Cancelling the serve
     task closes every socket and connection, and closes ``incoming`` for its readers.
@@ -65,8 +67,8 @@ class Transports:
     ) -> None:
         if not listens:
             raise ValueError("at least one Listen is needed")
-        if any(listen.transport == "tls" for listen in listens) and (tls is None or tls.server is None):
-            raise ValueError("a tls listener needs a certificate and key")
+        if any(listen.transport in ("tls", "wss") for listen in listens) and (tls is None or tls.server is None):
+            raise ValueError("a tls or wss listener needs a certificate and key")
         self.config = config or TransportConfig()
         self._listens = list(listens)
         self._stats = TransportStatistics()
@@ -182,7 +184,7 @@ class Transports:
             if endpoint is None:
                 raise TransportError(f"no udp listener for {dest.host}")
             await endpoint.send(msg.to_bytes(), host, dest.port)
-        elif transport in STREAM_TRANSPORTS:
+        elif transport in STREAM_TRANSPORTS or transport in WS_TRANSPORTS:
             await self._send_stream(msg, dest)
         else:
             raise TransportError(f"unsupported transport {transport!r}")
@@ -223,6 +225,9 @@ class Transports:
         await endpoint.send(msg.to_bytes(), host, port)
 
     async def _send_stream(self, msg: Message, dest: Address, *, no_connect: bool = False) -> None:
+        if dest.transport in WS_TRANSPORTS:
+            await self._send_ws(msg, dest)
+            return
         if dest.transport not in STREAM_TRANSPORTS:
             raise TransportError(f"unsupported transport {dest.transport!r}")
         name = self._server_names.get(dest) if dest.transport == "tls" else None
@@ -247,6 +252,16 @@ class Transports:
                 await conn.send(data)
             else:
                 raise
+        self._stats.tcp_messages_out += 1
+
+    async def _send_ws(self, msg: Message, dest: Address) -> None:
+        # RFC 7118: only over the connection the WebSocket peer opened; never a name lookup (browsers use
+        # ".invalid" hosts), never a new connection. A peer that has gone away fails at once.
+        conn = self.connection(dest)
+        if conn is None:
+            raise TransportError(f"no open websocket connection to {dest}")
+        _ensure_content_length(msg)
+        await conn.send(msg.to_bytes())
         self._stats.tcp_messages_out += 1
 
     async def _ip_host(self, host: str) -> str:

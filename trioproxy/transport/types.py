@@ -43,7 +43,7 @@ class TransportError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Listen:
-    """One listening socket: ``transport`` ``"udp"``/``"tcp"``/``"tls"``, ``host`` an IPv4 or IPv6 literal, ``port``
+    """One listening socket: ``transport`` ``"udp"``/``"tcp"``/``"tls"``/``"ws"``/``"wss"``, ``host`` an IPv4 or IPv6 literal, ``port``
     (0 picks a free port). ``advertise`` replaces the host in :meth:`Transports.local_address` (for Via and
     Record-Route) when the socket is bound to a wildcard or a private address."""
 
