@@ -73,6 +73,7 @@ class Report:
     counters: dict[str, float] = field(default_factory=dict)
     rss_kib_before: int | None = None
     rss_kib_after: int | None = None
+    rss_kib_rested: int | None = None  # after --rest seconds without traffic (lingering transactions ended)
     seconds: float = 0.0
     keepalive_after: bool = False
 
@@ -315,6 +316,8 @@ def main() -> int:
     p.add_argument("--target", metavar="HOST:PORT", help="a proxy already running (not started here)")
     p.add_argument("--mgmt", metavar="HOST:PORT", help="its management API, for /metrics")
     p.add_argument("--script", default="sink", help='"sink" (relay all to a socket here) or "default"')
+    p.add_argument("--rest", type=float, default=40.0,
+                   help="seconds to wait after the blast before reading RSS again (transactions linger 32 s)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -343,6 +346,10 @@ def main() -> int:
             report.rss_kib_before = rss_before
             if proxy is not None and proxy.proc is not None and proxy.alive():
                 report.rss_kib_after = rss_kib(proxy.proc.pid)
+                if args.rest > 0:
+                    time.sleep(min(args.rest, 120.0))
+                    if proxy.alive():
+                        report.rss_kib_rested = rss_kib(proxy.proc.pid)
         finally:
             if proxy is not None:
                 proxy.stop()
@@ -357,7 +364,8 @@ def main() -> int:
         print(f"answers by class: {report.answers}   requests forwarded to the sink: {report.forwarded}")
         for name, value in sorted(report.counters.items()):
             print(f"  {name} +{value:g}")
-        print(f"RSS: {report.rss_kib_before} KiB before, {report.rss_kib_after} KiB after")
+        print(f"RSS: {report.rss_kib_before} KiB before, {report.rss_kib_after} KiB after, "
+              f"{report.rss_kib_rested} KiB after {args.rest:g} s of rest")
         for log in report.death_logs:
             print("--- log of a proxy that died ---\n" + log)
     return 1 if report.deaths or internal or not report.keepalive_after else 0

@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="udp:HOST:PORT[=WEIGHT]",
         help="rtpengine ng control socket for KSR.rtpengine (repeatable; replaces [rtpengine] instances)",
     )
+    run.add_argument(
+        "--dispatcher-list",
+        metavar="FILE",
+        help="destination sets for KSR.dispatcher in dispatcher.list format (replaces [dispatcher] list_file)",
+    )
     run.add_argument("--timer-t1", type=float, metavar="SECONDS", help="RFC 3261 T1 (default 0.5)")
     run.add_argument("--timer-c", type=float, metavar="SECONDS", help="proxy INVITE Timer C (default 180)")
 
@@ -154,6 +159,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         out["db"] = {"url": args.db}
     if args.rtpengine:
         out["rtpengine"] = {"instances": list(args.rtpengine)}
+    if getattr(args, "dispatcher_list", None):
+        out["dispatcher"] = {"list_file": args.dispatcher_list}
     timers: dict[str, Any] = {}
     if args.timer_t1:
         timers["t1"] = args.timer_t1

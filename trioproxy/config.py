@@ -236,6 +236,65 @@ class RtpengineSection:
 
 
 @dataclass(frozen=True, slots=True)
+class UacRegistration:
+    # [[uac.registrations]]: one upstream trunk to register to (Kamailio's uacreg columns; docs/KSR.md).
+    l_uuid: str = ""  # Contact user the provider sends calls to (KSR.uac.uac_reg_lookup maps it back)
+    l_username: str = ""  # the local user those calls are for
+    l_domain: str = ""
+    r_username: str = ""  # the account at the provider
+    r_domain: str = ""  # the provider's domain (the REGISTER's Request-URI)
+    realm: str = ""  # digest realm ("": r_domain)
+    auth_username: str = ""  # "": r_username
+    auth_password: str = ""
+    auth_proxy: str = ""  # where REGISTERs go, "sip:host:port" ("": r_domain located by DNS)
+    expires: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class UacSection:
+    reg_retry_interval: float = 60.0  # seconds before retrying a failed registration (doubles, up to max)
+    reg_retry_max: float = 600.0
+    # [[uac.registrations]] entries (not a key of its own: see load_config).
+    registrations: tuple[UacRegistration, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DialogSection:
+    # Dialog tracking (KSR.dialog): profiles a script may use, and how long a dialog may last.
+    profiles_with_value: tuple[str, ...] = ()  # e.g. ["caller"]: set_dlg_profile("caller", "$fU")
+    profiles_no_value: tuple[str, ...] = ()  # e.g. ["inbound"]
+    max_lifetime: float = 43200.0  # seconds from the INVITE; then the proxy sends BYE to both sides
+    check_interval: float = 1.0  # seconds between lifetime checks
+    max_dialogs: int = 100_000  # dialogs tracked at once; beyond, dlg_manage returns -1
+
+
+@dataclass(frozen=True, slots=True)
+class AccSection:
+    # Accounting (KSR.acc): JSON lines file (reopened on SIGUSR1 or SIGHUP) and --db rows.
+    file: str = ""  # "" : records go to the log (info level)
+    db: bool = False  # also write rows to the --db database (tables acc, missed_calls)
+    cdr: bool = True  # a CDR when a managed dialog ends (answered or not)
+    log_flag: int = 1  # message flags (KSR.setflag); -1 turns one off
+    db_flag: int = 2
+    log_missed_flag: int = 3
+    db_missed_flag: int = 4
+    failed_transaction_flag: int = 5
+    extra: tuple[str, ...] = ()  # "name=$pv" fields added to every record, e.g. "ua=$hdr(User-Agent)"
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherSection:
+    # Load balancing (KSR.dispatcher): destination sets and their OPTIONS health probes (docs/KSR.md).
+    list_file: str = ""  # dispatcher.list ("setid destination flags priority attrs"); "": the --db table
+    ping_interval: float = 0.0  # seconds between probe rounds; 0: no probing
+    probing_mode: int = 0  # 1: probe every destination; 0: only those probing or inactive
+    ping_timeout: float = 1.0  # seconds a probe waits for its answer; then the destination is inactive
+    ping_from: str = "sip:dispatcher@localhost"
+    ping_method: str = "OPTIONS"
+    ping_reply_codes: tuple[int, ...] = ()  # statuses that count as up besides any 2xx
+
+
+@dataclass(frozen=True, slots=True)
 class MgmtSection:
     listen: str = "127.0.0.1:9060"  # the management HTTP API (HOST:PORT); "" turns it off
     token: str = ""  # when set, requests need "Authorization: Bearer TOKEN"
@@ -263,6 +322,10 @@ class Config:
     limits: LimitsSection = field(default_factory=LimitsSection)
     tls: TlsSection = field(default_factory=TlsSection)
     rtpengine: RtpengineSection = field(default_factory=RtpengineSection)
+    uac: UacSection = field(default_factory=UacSection)
+    dialog: DialogSection = field(default_factory=DialogSection)
+    acc: AccSection = field(default_factory=AccSection)
+    dispatcher: DispatcherSection = field(default_factory=DispatcherSection)
     # [htable.NAME] tables, by name (not a section of its own: see load_config).
     htable: tuple[tuple[str, HtableSection], ...] = ()
 
@@ -403,9 +466,36 @@ def _check(config: Config, text: str | None, source: str | None) -> None:
     _check_limits(config, text, source)
     _check_tls(config, text, source)
     _check_rtpengine(config, text, source)
+    _check_dialog_acc(config, text, source)
+    _check_dispatcher(config, text, source)
     for name in ("t1", "t2", "t4", "timer_c"):
         if getattr(config.timers, name) <= 0:
             raise ConfigError(f"timers.{name}", "must be positive", _line_of(text, f"timers.{name}"), source)
+
+
+def _check_dispatcher(config: Config, text: str | None, source: str | None) -> None:
+    ds = config.dispatcher
+    problems = {
+        "ping_interval": "must be 0 or positive" if ds.ping_interval < 0 else None,
+        "ping_timeout": "must be positive" if ds.ping_timeout <= 0 else None,
+        "probing_mode": "expected 0 or 1" if ds.probing_mode not in (0, 1) else None,
+        "ping_method": "expected a SIP method token" if not re.fullmatch(r"[A-Za-z]+", ds.ping_method) else None,
+        "ping_reply_codes": "expected statuses 100..699" if any(not 100 <= c <= 699 for c in ds.ping_reply_codes) else None,
+    }
+    try:
+        parse_uri_untrusted(ds.ping_from)
+    except ValueError:
+        problems["ping_from"] = "not a SIP URI"
+    for key, problem in problems.items():
+        if problem is not None:
+            raise ConfigError(f"dispatcher.{key}", problem, _line_of(text, f"dispatcher.{key}"), source)
+    if ds.list_file:
+        from trioproxy.dispatcher.model import DispatcherError, parse_list
+
+        try:
+            parse_list(Path(ds.list_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, DispatcherError) as exc:
+            raise ConfigError("dispatcher.list_file", f"{ds.list_file}: {exc}", _line_of(text, "dispatcher.list_file"), source) from None
 
 
 def _check_limits(config: Config, text: str | None, source: str | None) -> None:
@@ -467,6 +557,23 @@ def _check_tls(config: Config, text: str | None, source: str | None) -> None:
             raise ConfigError(f"tls.{name}", f"cannot read {path!r}", _line_of(text, f"tls.{name}"), source)
 
 
+def _check_dialog_acc(config: Config, text: str | None, source: str | None) -> None:
+    for key, value in (("dialog.max_lifetime", config.dialog.max_lifetime),
+                       ("dialog.check_interval", config.dialog.check_interval)):
+        if value <= 0:
+            raise ConfigError(key, "must be positive", _line_of(text, key), source)
+    both = set(config.dialog.profiles_with_value) & set(config.dialog.profiles_no_value)
+    if both:
+        raise ConfigError("dialog.profiles_no_value", f"also declared with values: {sorted(both)}",
+                          _line_of(text, "dialog.profiles_no_value"), source)
+    for item in config.acc.extra:
+        name, sep, pv = item.partition("=")
+        if not sep or not name.strip() or not pv.strip().startswith("$"):
+            raise ConfigError("acc.extra", f"expected NAME=$pv, got {item!r}", _line_of(text, "acc.extra"), source)
+    if config.acc.db and not config.db.url:
+        raise ConfigError("acc.db", "needs the --db database (db.url)", _line_of(text, "acc.db"), source)
+
+
 def _check_rtpengine(config: Config, text: str | None, source: str | None) -> None:
     from trioproxy.rtpengine import parse_instance
 
@@ -494,6 +601,34 @@ def _build_htables(data: Any, text: str | None, source: str | None) -> tuple[tup
     return tuple(out)
 
 
+def _build_uac(data: Any, text: str | None, source: str | None) -> UacSection:
+    if not isinstance(data, dict):
+        raise ConfigError("uac", "expected a table [uac]", _line_of(text, "uac"), source)
+    entries = data.pop("registrations", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError("uac.registrations", "expected [[uac.registrations]] tables", None, source)
+    regs = tuple(_build(UacRegistration, e, f"uac.registrations[{i}].", text, source) for i, e in enumerate(entries))
+    seen: set[str] = set()
+    for i, reg in enumerate(regs):
+        for key in ("l_uuid", "l_username", "l_domain", "r_username", "r_domain"):
+            if not getattr(reg, key):
+                raise ConfigError(f"uac.registrations[{i}].{key}", "required", None, source)
+        if reg.l_uuid in seen:
+            raise ConfigError(f"uac.registrations[{i}].l_uuid", f"{reg.l_uuid!r} used twice", None, source)
+        seen.add(reg.l_uuid)
+        if reg.expires <= 0:
+            raise ConfigError(f"uac.registrations[{i}].expires", "must be positive", None, source)
+        if reg.auth_proxy:
+            try:
+                parse_uri_untrusted(reg.auth_proxy)
+            except Exception:
+                raise ConfigError(f"uac.registrations[{i}].auth_proxy", "not a SIP URI", None, source) from None
+    section: UacSection = _build(UacSection, data, "uac.", text, source)
+    if section.reg_retry_interval <= 0 or section.reg_retry_max < section.reg_retry_interval:
+        raise ConfigError("uac.reg_retry_interval", "must be positive and at most reg_retry_max", None, source)
+    return dataclasses.replace(section, registrations=regs)
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Read ``path`` (or the embedded default), apply ``overrides`` (section -> key -> value), validate."""
     source = str(path) if path is not None else "<default>"
@@ -511,8 +646,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
     htables = _build_htables(data.pop("htable", {}), text, source)
+    uac = _build_uac(data.pop("uac", {}), text, source)
     config: Config = _build(Config, data, "", text, source)
-    config = dataclasses.replace(config, htable=htables)
+    config = dataclasses.replace(config, htable=htables, uac=uac)
     _check(config, text, source)
     return config
 
@@ -530,8 +666,15 @@ def dump_config(config: Config) -> str:
             continue
         out.append(f"[{f.name}]")
         for sf in dataclasses.fields(section):
+            if f.name == "uac" and sf.name == "registrations":
+                continue
             out.append(f"{sf.name} = {_toml_value(getattr(section, sf.name))}")
         out.append("")
+        if f.name == "uac":
+            for reg in section.registrations:
+                out.append("[[uac.registrations]]")
+                out.extend(f"{sf.name} = {_toml_value(getattr(reg, sf.name))}" for sf in dataclasses.fields(reg))
+                out.append("")
     return "\n".join(out)
 
 

@@ -15,7 +15,11 @@ import trio
 import watchfiles
 
 from trioproxy import sdnotify
+from trioproxy.acc import set_acc
+from trioproxy.acc.setup import build_dialog_acc
 from trioproxy.config import Config, parse_hostport
+from trioproxy.dialog.service import set_dialogs
+from trioproxy.dispatcher.runtime import DispatcherRuntime
 from trioproxy.faults import contain
 from trioproxy.locate import Blocklist, Locator, ResolverConfig
 from trioproxy.location import LocationStore, Registrar, RegistrarPolicy, open_store, run_purger
@@ -32,6 +36,8 @@ from trioproxy.service import LoopLag, ProxyMgmtApp, reload_script
 from trioproxy.sip import Request, Response, parse_uri_untrusted
 from trioproxy.transaction import Timers
 from trioproxy.transport import Listen, TLSContexts, TLSSettings, Transports
+from trioproxy.uac import Trunk
+from trioproxy.uac.client import TrunkRegistry, set_uac
 
 __all__ = ["build_router", "serve"]
 
@@ -136,6 +142,15 @@ def build_rtpengine(config: Config) -> RtpengineClient | None:
     return RtpengineClient(instances, timeout=rtp.timeout, retries=rtp.retries, disable_time=rtp.disable_time)
 
 
+def build_uac(config: Config) -> TrunkRegistry | None:
+    """The trunk registrations of ``[[uac.registrations]]`` (None when there are none)."""
+    u = config.uac
+    trunks = [Trunk(**{f: getattr(r, f) for f in Trunk.__dataclass_fields__}) for r in u.registrations]
+    if not trunks:
+        return None
+    return TrunkRegistry(trunks, retry_interval=u.reg_retry_interval, retry_max=u.reg_retry_max)
+
+
 def _touches(changes: set[tuple[watchfiles.Change, str]], target: str) -> bool:
     return any(os.path.abspath(p) == target for _change, p in changes)
 
@@ -181,6 +196,12 @@ async def serve(
     listens = [Listen(s.transport, s.host, s.port) for s in config.listens]
     protection = Protection.start(config)
     set_rtpengine(build_rtpengine(config))  # for the tasks started from here on (the routes' effects)
+    dialogs, acc = build_dialog_acc(config)
+    set_dialogs(dialogs)
+    set_acc(acc)
+    uac = build_uac(config)
+    set_uac(uac)  # KSR.uac of the routes
+    dispatcher = DispatcherRuntime.start(config.dispatcher, config.db.url)  # KSR.dispatcher of the routes
     tconfig = dataclasses.replace(transport_config(config), handshake_timeout=config.tls.handshake_timeout)
     transports = Transports(listens, tconfig, gate=protection.gate, tls=build_tls(config))
     timers = Timers(t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4, timer_c=config.timers.timer_c)
@@ -202,21 +223,31 @@ async def serve(
         blocklist=locator.blocklist,
     )
     protection.apply(proxy, transports)
+    dialogs.proxy = proxy  # sends the BYEs of dlg_bye and of the lifetime
     tune_gc()
     lag = LoopLag()
     app = ProxyMgmtApp(proxy, transports, store, holder, locator, lag)
     app.protection = protection
+    app.dialogs = dialogs
+    app.uac = uac
+    app.dispatcher = dispatcher.dispatcher if dispatcher is not None else None
     proxy.tracer = _Tracer()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(transports.serve)
             await nursery.start(proxy.run)
             nursery.start_soon(_background, "purger", run_purger, store, config.location.purge_interval)
             nursery.start_soon(_background, "operator_tables", operator.run)
             nursery.start_soon(_background, "loop_lag", lag.run)
+            nursery.start_soon(_background, "dialogs", dialogs.run)
+            nursery.start_soon(_background, "acc_db", acc.run)
             if config.proxy.gc_full_interval > 0:
                 nursery.start_soon(_background, "gc", periodic_full_gc, config.proxy.gc_full_interval)
             nursery.start_soon(_background, "registration_counts", app.refresh_counts)
+            if uac is not None:
+                nursery.start_soon(_background, "uac", uac.run, proxy)
+            if dispatcher is not None:
+                nursery.start_soon(_background, "dispatcher_probes", dispatcher.run, proxy)
             if holder is not None and path is not None and config.routing.watch:
                 nursery.start_soon(_background, "script_watch", watch_script, holder, str(path))
             mgmt_url = None
@@ -243,6 +274,10 @@ async def serve(
 
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum in (signal.SIGUSR1, signal.SIGHUP):
+                    acc.reopen()  # logrotate's postrotate: a new accounting file
+                if signum == signal.SIGUSR1:
+                    continue
                 if signum == signal.SIGHUP:
                     sdnotify.reloading()
                     if holder is not None:
@@ -260,6 +295,9 @@ async def serve(
                 nursery.start_soon(drain_then_stop)
     operator.close()
     protection.close()
+    if dispatcher is not None:
+        dispatcher.close()
+    acc.close()
     await store.close()
 
 

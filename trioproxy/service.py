@@ -70,6 +70,9 @@ class ProxyMgmtApp:
         self.started = time.time()
         self.registrations_count = {"aors": 0, "contacts": 0}
         self.protection: Any = None  # trioproxy.protection.Protection: flood protection and limits
+        self.uac: Any = None  # trioproxy.uac.client.TrunkRegistry: trunk registrations
+        self.dispatcher: Any = None  # trioproxy.dispatcher.Dispatcher: KSR.dispatcher's sets
+        self.dialogs: Any = None  # trioproxy.dialog.service.DialogService: KSR.dialog
 
     async def refresh_counts(self, interval: float = 5.0) -> None:
         """Keep the registration counts of the metrics fresh."""
@@ -115,7 +118,20 @@ class ProxyMgmtApp:
             out["routing"] = self.holder.statistics()
         if self.protection is not None:
             out["pike"] = self.protection.stats()
+        if self.uac is not None:
+            out["uac"] = self.uac.snapshot(trio.current_time())
+        if self.dispatcher is not None:
+            out["dispatcher"] = self.dispatcher.snapshot()["probes"]
+        if self.dialogs is not None:
+            out["dialogs"] = self.dialogs.store.counts()
         return out
+
+    def dialog_list(self, limit: int) -> JSONDict:
+        """``GET /dialogs``: counts by state and the first ``limit`` tracked dialogs."""
+        if self.dialogs is None:
+            return {"counts": {}, "dialogs": []}
+        found = self.dialogs.store.dialogs()
+        return {"counts": self.dialogs.store.counts(), "dialogs": [d.as_dict() for d in found[:limit]]}
 
     def metrics(self) -> Iterable[MetricFamily]:
         p = self.proxy
@@ -199,6 +215,49 @@ class ProxyMgmtApp:
                 "trioproxy_script_info", "gauge", "The active route script",
                 [Sample(1, {"sha256": self.holder.sha256 or "", "path": str(self.holder.path or "")})],
             )
+
+        if self.dispatcher is not None:
+            dests = self.dispatcher.sets.destinations()
+            yield MetricFamily(
+                "trioproxy_dispatcher_destination_active", "gauge",
+                "Dispatcher destinations selectable (1) or inactive/disabled (0), by set and URI",
+                [Sample(int(d.active), {"set": str(d.setid), "uri": d.uri}) for d in dests],
+            )
+            yield MetricFamily(
+                "trioproxy_dispatcher_probes", "counter", "Dispatcher health probes by result",
+                [Sample(self.dispatcher.probes_ok, {"result": "ok"}),
+                 Sample(self.dispatcher.probes_failed, {"result": "failed"})],
+            )
+
+        if self.uac is not None:
+            regs = self.uac.snapshot(trio.current_time())
+            yield MetricFamily(
+                "trioproxy_uac_registered", "gauge", "Trunk registrations in force (1) or not (0), by l_uuid",
+                [Sample(int(r["registered"]), {"l_uuid": r["l_uuid"]}) for r in regs],
+            )
+            yield MetricFamily(
+                "trioproxy_uac_register_ok", "counter", "REGISTERs to trunks accepted, by l_uuid",
+                [Sample(r["registered_count"], {"l_uuid": r["l_uuid"]}) for r in regs],
+            )
+            yield MetricFamily(
+                "trioproxy_uac_register_failed", "counter", "Trunk registration attempts that failed, by l_uuid",
+                [Sample(r["failed_count"], {"l_uuid": r["l_uuid"]}) for r in regs],
+            )
+
+        if self.dialogs is not None:
+            counts = self.dialogs.store.counts()
+            yield MetricFamily(
+                "trioproxy_dialogs", "gauge", "Tracked dialogs (KSR.dialog), by state",
+                [Sample(counts.get(k, 0), {"state": k}) for k in ("active", "unconfirmed", "early", "confirmed")],
+            )
+
+    def dispatcher_list(self) -> JSONDict | None:
+        """``GET /dispatcher``: the sets and each destination's state (None: no dispatcher configured)."""
+        return None if self.dispatcher is None else dict(self.dispatcher.snapshot())
+
+    def dispatcher_reload(self) -> JSONDict | None:
+        """``POST /dispatcher/reload``: read the list again (None: no dispatcher configured)."""
+        return None if self.dispatcher is None else dict(self.dispatcher.reload())
 
     async def reload(self) -> JSONDict:
         if self.holder is None:

@@ -263,6 +263,7 @@ class Lab:
         timer_t1: float | None = None,
         timer_c: float | None = None,
         extra_args: Sequence[str] = (),
+        config_extra: str = "",
     ) -> ProxyRun:
         """Start ``trioproxy run`` on a free port (UDP and TCP) and wait for its listening lines.
 
@@ -287,7 +288,7 @@ class Lab:
         for section, values in sections.items():
             lines.append(f"[{section}]")
             lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-        config.write_text("\n".join(lines) + "\n")
+        config.write_text("\n".join(lines) + "\n" + config_extra)  # config_extra: TOML ([[arrays]] of tables)
         args = [sys.executable, "-m", "trioproxy", "run", "-c", str(config)]
         args += ["--listen", f"udp:{HOST}:{port}", "--listen", f"tcp:{HOST}:{port}", "--log-level", "info"]
         # The management API on a port of its own choosing: the default 127.0.0.1:9060 may be taken.

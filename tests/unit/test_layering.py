@@ -24,6 +24,10 @@ LAYERS: dict[str, int] = {
     "rtpengine": 2,  # the rtpengine ng client (bencode, flags, SDP, UDP client): used by routing
     "location": 2,
     "proxy": 3,
+    "uac": 3,  # trunk registrations: a sans-IO state machine and its task on the proxy's transactions
+    "dialog": 3,  # dialog tracking: a sans-IO state machine and tracker, and the service sending BYEs
+    "acc": 3,  # accounting records: JSON lines file, --db rows
+    "dispatcher": 3,  # load-balancing sets (sans-IO model), their reload and OPTIONS probes on the proxy
     "routing": 4,
     "cli": 5,
     "config": 5,

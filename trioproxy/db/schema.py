@@ -43,6 +43,34 @@ MIGRATIONS: list[str] = [
     ALTER TABLE subscriber ADD COLUMN ha1_sha256 TEXT;
     CREATE INDEX address_grp ON address (grp);
     """,
+    # 3: accounting (KSR.acc): transaction records and CDRs in acc, missed calls in missed_calls.
+    """
+    CREATE TABLE acc (
+        id INTEGER PRIMARY KEY, type TEXT NOT NULL, time REAL NOT NULL, method TEXT NOT NULL DEFAULT '',
+        from_tag TEXT NOT NULL DEFAULT '', to_tag TEXT NOT NULL DEFAULT '', call_id TEXT NOT NULL DEFAULT '',
+        sip_code INTEGER NOT NULL DEFAULT 0, sip_reason TEXT NOT NULL DEFAULT '', from_uri TEXT NOT NULL DEFAULT '',
+        to_uri TEXT NOT NULL DEFAULT '', src TEXT NOT NULL DEFAULT '', dst TEXT NOT NULL DEFAULT '',
+        start_time REAL, answer_time REAL, end_time REAL, duration REAL, end_reason TEXT NOT NULL DEFAULT '',
+        comment TEXT NOT NULL DEFAULT '', extra TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX acc_call_id ON acc (call_id);
+    CREATE TABLE missed_calls (
+        id INTEGER PRIMARY KEY, type TEXT NOT NULL, time REAL NOT NULL, method TEXT NOT NULL DEFAULT '',
+        from_tag TEXT NOT NULL DEFAULT '', to_tag TEXT NOT NULL DEFAULT '', call_id TEXT NOT NULL DEFAULT '',
+        sip_code INTEGER NOT NULL DEFAULT 0, sip_reason TEXT NOT NULL DEFAULT '', from_uri TEXT NOT NULL DEFAULT '',
+        to_uri TEXT NOT NULL DEFAULT '', src TEXT NOT NULL DEFAULT '', dst TEXT NOT NULL DEFAULT '',
+        start_time REAL, answer_time REAL, end_time REAL, duration REAL, end_reason TEXT NOT NULL DEFAULT '',
+        comment TEXT NOT NULL DEFAULT '', extra TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+    # 4: load-balancing destination sets (KSR.dispatcher), Kamailio's dispatcher table columns.
+    """
+    CREATE TABLE dispatcher (
+        id INTEGER PRIMARY KEY, setid INTEGER NOT NULL DEFAULT 0, destination TEXT NOT NULL,
+        flags INTEGER NOT NULL DEFAULT 0, priority INTEGER NOT NULL DEFAULT 0, attrs TEXT NOT NULL DEFAULT '',
+        description TEXT NOT NULL DEFAULT ''
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,6 +3,8 @@
     trioproxy ctl [--mgmt HOST:PORT] [--token T] [--json] COMMAND
         health | stats | metrics | reload | script
         registrations [AOR] [--offset N] [--limit N]
+        dispatcher [list | reload]        destination sets and states; read the list again
+        dialogs [--limit N]               tracked dialogs (KSR.dialog): counts by state, the dialogs
         unregister AOR [--contact URI]
         trace CALLID                      show what is known of a call
         trace (CALLID | --user USER) --on|--off    start or stop tracing a call or a user
@@ -27,7 +29,7 @@ from trioproxy.mgmt.server import DEFAULT_HOST, DEFAULT_PORT
 
 __all__ = ["add_ctl_arguments", "ctl_main", "parse_mgmt_address"]
 
-_COMMANDS = ("health", "stats", "metrics", "reload", "script", "registrations", "unregister", "trace")
+_COMMANDS = ("health", "stats", "metrics", "reload", "script", "registrations", "unregister", "trace", "dialogs", "dispatcher")
 
 
 def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +52,10 @@ def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
     regs.add_argument("aor", nargs="?", help="address of record, e.g. sip:alice@example.com")
     regs.add_argument("--offset", type=int, default=0)
     regs.add_argument("--limit", type=int, default=100)
+    dlgs = sub.add_parser("dialogs", help="the tracked dialogs (KSR.dialog) and their counts")
+    dlgs.add_argument("--limit", type=int, default=100)
+    dsp = sub.add_parser("dispatcher", help="dispatcher sets and destination states, or reload the list")
+    dsp.add_argument("action", choices=("list", "reload"), nargs="?", default="list")
     unreg = sub.add_parser("unregister", help="remove the bindings of an AOR (or one of them)")
     unreg.add_argument("aor")
     unreg.add_argument("--contact", help="remove only this contact URI")
@@ -85,6 +91,10 @@ def _plan(args: argparse.Namespace) -> tuple[str, str]:
         if args.aor:
             query = {"aor": args.aor, **query}
         return "GET", "/registrations?" + urlencode(query)
+    if command == "dialogs":
+        return "GET", "/dialogs?" + urlencode({"limit": args.limit})
+    if command == "dispatcher":
+        return ("POST", "/dispatcher/reload") if args.action == "reload" else ("GET", "/dispatcher")
     if command == "unregister":
         query = {"aor": args.aor} | ({"contact": args.contact} if args.contact else {})
         return "DELETE", "/registrations?" + urlencode(query)

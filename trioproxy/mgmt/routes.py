@@ -7,6 +7,8 @@
     GET    /script                              the loaded script (path, sha256, loaded_at, last_reload)
     GET    /registrations?aor=&offset=&limit=   one AOR's bindings, or a page of AORs
     DELETE /registrations?aor=&contact=         remove one binding, or all of an AOR (404 when none)
+    GET    /dispatcher                          the dispatcher's sets and destination states (404: none)
+    POST   /dispatcher/reload                   read the dispatcher list again; 422 when it is refused
     GET    /trace/<call-id>                     what is known of one call (404 when nothing)
     POST   /trace?call_id=|user=&on=1           start (on=1) or stop (on=0) tracing a call or a user
 
@@ -125,6 +127,9 @@ class Endpoints:
             },
             "/trace": {"POST": (self._set_trace, frozenset({"call_id", "user", "on"}))},
             "/trace/": {"GET": (self._trace, frozenset())},
+            "/dialogs": {"GET": (self._dialogs, frozenset({"limit"}))},
+            "/dispatcher": {"GET": (self._dispatcher, frozenset())},
+            "/dispatcher/reload": {"POST": (self._dispatcher, frozenset())},
         }
 
     async def dispatch(self, method: str, target: str) -> Reply:
@@ -159,6 +164,22 @@ class Endpoints:
 
     async def _stats(self, path: str, query: _Query) -> Reply:
         return Reply.json(200, self.app.stats())
+
+    async def _dialogs(self, path: str, query: _Query) -> Reply:
+        # Optional in an MgmtApp: ``dialog_list(limit)`` (the running proxy's tracked dialogs).
+        lister = getattr(self.app, "dialog_list", None)
+        if lister is None:
+            return Reply.error(404, "no dialog tracking")
+        return Reply.json(200, lister(query.integer("limit", 100, 1, MAX_PAGE)))
+
+    async def _dispatcher(self, path: str, query: _Query) -> Reply:
+        # Optional in an MgmtApp: ``dispatcher_list()`` / ``dispatcher_reload()`` (None: no dispatcher).
+        reload = path.endswith("/reload")
+        call = getattr(self.app, "dispatcher_reload" if reload else "dispatcher_list", None)
+        data = call() if call is not None else None
+        if data is None:
+            return Reply.error(404, "no dispatcher sets configured")
+        return Reply.json(422 if reload and not data.get("ok") else 200, data)
 
     async def _reload(self, path: str, query: _Query) -> Reply:
         result = await self.app.reload()

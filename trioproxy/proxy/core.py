@@ -63,7 +63,7 @@ from trioproxy.transaction import (
 )
 from trioproxy.transport import TransportError, stamp_via
 
-__all__ = ["MessageTracer", "Proxy", "ProxyStats", "TransportLike"]
+__all__ = ["MessageTracer", "Proxy", "ProxyStats", "TransactionUser", "TransportLike"]
 
 log = logging.getLogger("trioproxy.proxy")
 
@@ -97,6 +97,14 @@ class TransportLike(Protocol):
     def local_address(self, transport: str, family: socket.AddressFamily = socket.AF_INET) -> Address: ...
 
     def listen_addresses(self) -> list[Address]: ...
+
+
+class TransactionUser:
+    """The owner of a client transaction the proxy sends on its own behalf (``Proxy.start_client``)."""
+
+    def deliver(self, event: BranchEvent) -> None:
+        """Called by the dispatcher or the timer task (never blocks)."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -370,7 +378,7 @@ class Proxy:
 
     def _to_branch(self, txn: ClientTransaction, event: BranchEvent) -> None:
         branch = txn.user
-        if isinstance(branch, Branch):
+        if isinstance(branch, (Branch, TransactionUser)):
             branch.deliver(event)
 
     # -- the operations contexts and branches use ------------------------------------------------------
@@ -393,6 +401,14 @@ class Proxy:
         branch.txn = txn
         self._kick_timer()
         await self.execute(actions)
+
+    async def start_client(self, request: Request, dest: Address, user: TransactionUser) -> ClientTransaction:
+        """Start a client transaction of the proxy's own (a trunk REGISTER): its responses, timeout or
+        transport failure reach ``user.deliver``. The request's top Via names one of our listeners."""
+        txn, actions = self.table.start_client(request, dest, trio.current_time(), user=user)
+        self._kick_timer()
+        await self.execute(actions)
+        return txn
 
     async def send_cancel(self, branch: Branch, cancel: Request) -> None:
         assert branch.dest is not None
@@ -541,6 +557,10 @@ class Proxy:
                     else:
                         self.active_by_source.pop(source, None)
                 ctx.note("end", status=ctx.final_status)
+                try:
+                    self.router.on_end(ctx)  # accounting, dialog tracking: the request's final status
+                except Exception as exc:  # boundary of the router's end hook
+                    contain("route", exc, call_id=call_id_of(request))
                 log.info(
                     "%s %s branches=%d status=%s %.1fms",
                     request.method,

@@ -60,6 +60,11 @@ class Router:
         """Called for each response a branch receives; False drops the response."""
         return True
 
+    def on_end(self, ctx: RequestContext) -> None:
+        """Called once when a request with a server transaction is done (``ctx.final_status`` is the answer
+        sent upstream, None for none), before its state is released."""
+        return None
+
 
 class StaticRouter(Router):
     """Forward to the Request-URI, or to a fixed next hop, or fork to fixed stages of targets."""

@@ -19,9 +19,11 @@ import trio
 
 from trioproxy.location import Binding, Registrar
 from trioproxy.proxy import Branch, RequestContext, Router, Target
-from trioproxy.sip import URI, Response, SIPError, parse_uri_untrusted
+from trioproxy.sip import URI, Response, SIPError, parse_uri_untrusted, reason_phrase
 
 from .holder import ScriptHolder
+from .ksr_acc import record_transaction
+from .ksr_dialog import request_done, response_seen, transaction_done
 from .script import LuaScript, RouteError
 from .services import ContactInfo
 from .state import RequestState
@@ -213,6 +215,7 @@ class LuaRouter(Router):
     async def on_request(self, ctx: RequestContext) -> None:
         lua = self._begin(ctx)
         await self._run(ctx, lua, "request")
+        request_done(lua.state)  # dialog tracking: in-dialog requests relayed, managed INVITEs' destination
         ctx.reply_no_connect = lua.state.reply_no_connect
         if lua.state.dropped:
             ctx.dropped = True
@@ -258,6 +261,7 @@ class LuaRouter(Router):
         lua = ctx.user_state
         if not isinstance(lua, _LuaRequest):
             return True
+        response_seen(response)  # dialog tracking: early, confirmed, failed
         script = lua.script
         has_global = script.has_route("ksr_reply_route")
         if not has_global and not lua.state.on_reply:
@@ -271,3 +275,12 @@ class LuaRouter(Router):
         except RouteError as exc:
             log.error("%s:%s: reply route error (%s): %s", exc.file, exc.line, exc.kind, exc.cause)
         return not rstate.dropped
+
+    def on_end(self, ctx: RequestContext) -> None:
+        """The request is done: its dialog fails unless confirmed; accounting by the script's flags."""
+        transaction_done(ctx.original, ctx.final_status)
+        lua = ctx.user_state
+        if isinstance(lua, _LuaRequest) and ctx.final_status is not None:
+            best, status = ctx.best_response, ctx.final_status
+            reason = best.reason if best is not None and best.status == status else reason_phrase(status)
+            record_transaction(lua.state, status, reason, time.time())

@@ -22,12 +22,16 @@ import lupa.lua54 as lua54
 
 from .effects import EFFECT_SHIMS, END_EFFECTS, HANDLERS
 from .htable import HtableStore
+from .ksr_acc import Acc
 from .ksr_auth import AUTH_EFFECT_SHIMS, AUTH_HANDLERS, Auth, AuthDb
 from .ksr_core import Core, Hdr, KsrContext, Kx, Maxfwd, Pv, Siputils, Textops
+from .ksr_dialog import DIALOG_HANDLERS, DIALOG_SHIMS, Dialog_
+from .ksr_dispatcher import Dispatcher_
 from .ksr_modules import Corex, Htable, Nathelper, Rr, Tm, Tmx
 from .ksr_permissions import Permissions
 from .ksr_pike import Pike, Pipelimit
 from .ksr_rtpengine import RTPENGINE_HANDLERS, RTPENGINE_SHIMS
+from .ksr_uac import Uac
 from .prelude import PRELUDE
 from .scan import Finding, scan_source
 from .services import RouteServices
@@ -134,10 +138,14 @@ _MODULE_CLASSES: dict[str, type] = {
     "pv": Pv, "hdr": Hdr, "textops": Textops, "siputils": Siputils, "maxfwd": Maxfwd, "rr": Rr, "tm": Tm,
     "tmx": Tmx, "corex": Corex, "htable": Htable, "nathelper": Nathelper,
     "auth": Auth, "auth_db": AuthDb, "permissions": Permissions, "pike": Pike, "pipelimit": Pipelimit,
+    "dialog": Dialog_, "acc": Acc,
+    "uac": Uac, "dispatcher": Dispatcher_,
 }  # fmt: skip
 # Challenges send a reply: effects of their own, merged into the bridge's tables.
 EFFECT_SHIMS.update(AUTH_EFFECT_SHIMS)
 HANDLERS.update(AUTH_HANDLERS)
+EFFECT_SHIMS["dialog"] = DIALOG_SHIMS  # dlg_bye sends BYEs
+HANDLERS.update(DIALOG_HANDLERS)
 # Modules present only when the proxy is configured for them (``modules=`` of ``LuaScript.load``): without
 # it they are nil at run time, so ``if KSR.rtpengine then`` guards tell the truth. All their calls are effects.
 OPTIONAL_MODULES: dict[str, dict[str, str]] = {"rtpengine": RTPENGINE_SHIMS}

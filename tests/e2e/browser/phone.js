@@ -5,7 +5,8 @@
 (function () {
   const log = [];
   const note = (what, detail) => log.push({ t: Date.now(), what, detail: detail || null });
-  // Media between the two pages stays on loopback: only 127.0.0.1 candidates of the other side are used.
+  // Media stays on loopback: only 127.0.0.1 candidates are offered to, or taken from, the other side (the
+  // other page, or rtpengine).
   const loopbackOnly = (sdp) =>
     sdp
       .split('\r\n')
@@ -24,7 +25,10 @@
       s.on('ended', (e) => { note('ended', e.cause + ' by ' + e.originator); resolve(e.cause); });
       s.on('failed', (e) => { note('failed', e.cause + ' by ' + e.originator); resolve('failed:' + e.cause); });
     });
-    s.on('sdp', (e) => { if (e.originator === 'remote') e.sdp = loopbackOnly(e.sdp); });
+    s.on('sdp', (e) => {
+      e.sdp = loopbackOnly(e.sdp);
+      note('sdp', { originator: e.originator, type: e.type, sdp: e.sdp });
+    });
     s.on('progress', () => note('progress'));
     s.on('accepted', () => note('accepted'));
   }
@@ -89,6 +93,17 @@
       let packets = 0;
       stats.forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'audio') packets += r.packetsReceived || 0; });
       return packets;
+    },
+
+    // The call's ICE and DTLS state as the browser sees it (getStats 'transport'), for diagnostics.
+    async transport() {
+      if (!session || !session.connection) return null;
+      const stats = await session.connection.getStats();
+      const out = [];
+      stats.forEach((r) => {
+        if (r.type === 'transport') out.push({ ice: r.iceState, dtls: r.dtlsState, role: r.dtlsRole, srtp: r.srtpCipher });
+      });
+      return out;
     },
 
     hangup() { session.terminate(); return ended; },

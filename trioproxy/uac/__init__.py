@@ -1,0 +1,22 @@
+"""Trunk registration (Kamailio's ``uac`` module): REGISTER to upstream providers with digest answers,
+refresh before expiry, back off on failure; the digest client ``uac_auth`` answers challenges with.
+
+``registration`` is the sans-IO state machine (time is an input), ``digest_client`` answers challenges,
+``client`` runs registrations on trio through the proxy's transactions and keeps the registry the routing
+layer and the management API read.
+"""
+
+from __future__ import annotations
+
+from .digest_client import Challenge, answer_challenge, parse_challenge
+from .registration import Registration, RegState, Trunk, refresh_delay
+
+__all__ = [
+    "Challenge",
+    "RegState",
+    "Registration",
+    "Trunk",
+    "answer_challenge",
+    "parse_challenge",
+    "refresh_delay",
+]
