@@ -18,6 +18,9 @@ Scenarios (``--scenario NAME``, repeatable): ``call-fixed`` (calls with Record-R
 registration storm). Scripts and SIPp scenarios are in ``bench/``. Every step has a timeout, the whole run
 has ``--budget`` seconds (steps past it are skipped and reported), and every process is started here and
 stopped by its PID. ``--quick`` is a short run of every scenario at a low rate (checks the script works).
+``--overload`` (``bench_overload.py``): instead of the fixed rates, the capacity (``--capacity N`` or found by
+stepping) and twice that rate for ``--overload-seconds``: goodput, shed calls, calls failed after they
+started, retransmissions, RSS at peak and after a rest.
 Prints ``figure | kamailio | trioproxy | ratio`` (ratio = trioproxy / kamailio); ``--json FILE`` saves all.
 """
 
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from bench_measure import MemorySampler, peak_rss_kib, sipp_counters
+from bench_overload import OverloadResult, measure_overload, overload_rows
 from bench_servers import (
     PROXIES,
     Started,
@@ -89,6 +93,7 @@ class Run:
     fixed_pss_kib: int = 0
     processes: int = 0
     callee_calls: dict[str, int] = field(default_factory=dict)  # calls each callee completed, by scenario
+    overload: OverloadResult | None = None  # --overload
     error: str | None = None
 
 
@@ -186,13 +191,23 @@ def run_scenario(args: argparse.Namespace, scn: Scenario, proxy_name: str, root:
             write_users(workdir / "calls.csv", "SEQUENTIAL", ["bench"], target)
         with MemorySampler(proxy.pid) as memory:
             try:
-                for rate in args.rates:
-                    run.fixed.append(load(rate, args.seconds))
-                    time.sleep(0.5)
-                memory.sample()
-                run.fixed_rss_main_kib, run.fixed_pss_kib = peak_rss_kib(proxy.pid), memory.peak_pss_kib
-                if args.max_rate > 0:
-                    find_max_rate(args, load, run)
+                if args.overload:
+                    capacity = args.capacity
+                    if capacity is None:
+                        find_max_rate(args, load, run)
+                        capacity = run.max_rate
+                        time.sleep(2.0)  # let the proxy drain the last step
+                    if not capacity:
+                        raise RuntimeError("no capacity found (no rate passed)")
+                    run.overload = measure_overload(load, capacity, args.overload_seconds, args.rest, proxy.pid)
+                else:
+                    for rate in args.rates:
+                        run.fixed.append(load(rate, args.seconds))
+                        time.sleep(0.5)
+                    memory.sample()
+                    run.fixed_rss_main_kib, run.fixed_pss_kib = peak_rss_kib(proxy.pid), memory.peak_pss_kib
+                    if args.max_rate > 0:
+                        find_max_rate(args, load, run)
             finally:
                 run.peak_rss_main_kib = peak_rss_kib(proxy.pid)
         run.peak_pss_kib, run.processes = memory.peak_pss_kib, memory.processes
@@ -287,7 +302,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--proxy", action="append", choices=PROXIES, help="repeatable; default both")
     p.add_argument("--workers", type=int, default=1, help="proxy worker processes (Kamailio children)")
     p.add_argument("--kamailio-shm", type=int, default=256, help="Kamailio shared memory in MB (default 256)")
-    p.add_argument("--overload", action="store_true", help="overload run (not yet supported)")
+    p.add_argument("--overload", action="store_true", help="offer twice the capacity (see bench_overload.py)")
+    p.add_argument("--capacity", type=int, help="--overload: calls/s taken as capacity (default: found by stepping)")
+    p.add_argument("--overload-seconds", type=int, default=20, help="--overload: seconds of 2x load (default 20)")
+    p.add_argument("--rest", type=float, default=10.0, help="--overload: seconds idle before the last RSS")
     p.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run (default 900)")
     p.add_argument("--json", type=Path, help="write every result to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, SIPp files)")
@@ -312,8 +330,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.install and install_kamailio() != 0:
         return 1
-    if args.overload:
-        print("bench: --overload: not yet supported (trioproxy run has no overload control to measure)")
     if args.workers != 1:
         print("bench: --workers: not yet supported (trioproxy run has no --workers); both run one worker")
         args.workers = 1
@@ -338,7 +354,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: work directory {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    print_table(runs, args.rates)
+    if args.overload:
+        for run in runs:
+            if run.overload is not None:
+                print("\n".join(overload_rows(f"{run.scenario} on {run.proxy}", run.overload)))
+            else:
+                print(f"{run.scenario} on {run.proxy}: no overload figures ({run.error})")
+    else:
+        print_table(runs, args.rates)
     if args.json:
         args.json.write_text(json.dumps({"rates": args.rates, "runs": [run_json(r) for r in runs]}, indent=2))
     ok = all(r.error is None and all(f.passed for f in r.fixed) for r in runs)

@@ -99,6 +99,8 @@ class Report:
     abuse_sent: dict[str, int] = field(default_factory=dict)
     abuse_answers: dict[str, dict[str, int]] = field(default_factory=dict)
     guesses: int = 0  # REGISTERs sent with wrong credentials
+    registrations_ok: int = 0  # legitimate re-registrations during the abuse (one per sample)
+    registrations_failed: int = 0
     blocked_sources: dict[str, str] = field(default_factory=dict)  # source: reason (every one seen blocked)
     pike: dict[str, object] = field(default_factory=dict)  # the counters of the last sample
     rss_kib: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, KiB)
@@ -107,7 +109,13 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.same_pid and self.answered_at_end and self.calls_failed == 0 and self.sipp_exit == 0
+        return (
+            self.same_pid
+            and self.answered_at_end
+            and self.calls_failed == 0
+            and self.sipp_exit == 0
+            and self.registrations_failed == 0
+        )
 
 
 def _wait_for(predicate: Callable[[], bool], what: str, proc: subprocess.Popen[bytes]) -> None:
@@ -335,6 +343,15 @@ def soak(args: argparse.Namespace, workdir: Path) -> Report:
                 for entry in blocked if isinstance(blocked, list) else []:
                     if isinstance(entry, dict):
                         report.blocked_sources[str(entry.get("source"))] = str(entry.get("reason"))
+                # A legitimate user keeps registering (digest auth) while the guesser is being blocked.
+                try:
+                    ok = register(proxy, "svc", "svc-secret", f"sip:svc@{HOST}:{uas_port}") == 200
+                except OSError:
+                    ok = False
+                if ok:
+                    report.registrations_ok += 1
+                else:
+                    report.registrations_failed += 1
                 next_sample += args.sample
             due = started + rounds / abuse_rate
             if now >= due:
@@ -402,6 +419,8 @@ def main() -> int:
         for source, sent in sorted(report.abuse_sent.items()):
             print(f"  {source}: sent {sent}, answers {report.abuse_answers.get(source, {})}")
         print(f"  wrong-password REGISTERs: {report.guesses}")
+        print(f"legitimate re-registrations during the abuse: {report.registrations_ok} ok, "
+              f"{report.registrations_failed} failed")  # fmt: skip
         print(f"blocked sources: {report.blocked_sources or 'none'}")
         print(f"pike: {report.pike}")
         rss = report.rss_kib

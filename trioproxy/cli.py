@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_test(args)
     if args.command == "ctl":
         return ctl_main(args)
-    if args.command in ("user", "address"):
+    if args.command in ("user", "address", "trunk"):
         return operator_main(args)
     if args.command == "reload":
         args.ctl_command = "reload"

@@ -1,4 +1,4 @@
-"""``trioproxy user`` and ``trioproxy address``: manage the operator tables (docs/DB.md).
+"""``trioproxy user``, ``trioproxy address`` and ``trioproxy trunk``: manage the operator tables (docs/DB.md).
 
     trioproxy user add --db sqlite:///var/lib/trioproxy/operator.db alice@example.com 's3cret'
     trioproxy user del --db URL alice@example.com
@@ -6,8 +6,14 @@
     trioproxy address add --db URL 1 192.0.2.0/24 [5060] [--tag TAG]
     trioproxy address del --db URL 1 192.0.2.0/24 [PORT]
     trioproxy address list --db URL
+    trioproxy trunk add --db URL L_UUID --l-user office@pbx.example --r-user pbx@trunk.example \
+        [--password P] [--realm R] [--auth-username U] [--proxy sip:HOST:PORT] [--expires S] \
+        [--flags F] [--reg-delay S]
+    trioproxy trunk del --db URL L_UUID
+    trioproxy trunk list --db URL
 
-Passwords are never stored: ``user add`` keeps the MD5 and SHA-256 HA1 values with realm = domain. A
+Subscriber passwords are never stored: ``user add`` keeps the MD5 and SHA-256 HA1 values with realm =
+domain. Trunk passwords are (the proxy answers the provider's challenges with them): keep the file private. A
 running proxy using the same file sees the change within ``db.refresh_interval`` seconds. Exit status 0
 on success, 1 when there was nothing to delete, 2 on bad input or an unusable database.
 """
@@ -19,6 +25,7 @@ import sqlite3
 import sys
 from typing import Any
 
+from trioproxy.cli_trunk import add_trunk_commands, trunk_command
 from trioproxy.db import (
     SchemaError,
     add_address,
@@ -66,6 +73,7 @@ def add_operator_commands(sub: Any) -> None:
     adel.add_argument("port", type=int, nargs="?", default=None, metavar="PORT", help="default: every port")
     als = asub.add_parser("list", help="list address groups")
     _db_arg(als)
+    add_trunk_commands(sub)
 
 
 def operator_main(args: argparse.Namespace) -> int:
@@ -88,6 +96,8 @@ def operator_main(args: argparse.Namespace) -> int:
 
 
 def _run(db: sqlite3.Connection, args: argparse.Namespace) -> int:
+    if args.command == "trunk":
+        return trunk_command(db, args)
     if args.command == "user":
         if args.op == "add":
             sub = add_user(db, args.aor, args.password)

@@ -207,6 +207,17 @@ class LimitsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class OverloadSection:
+    # Shedding new requests when the proxy falls behind (docs/LIMITS.md, "Overload").
+    enabled: bool = True
+    lag_high: float = 0.08  # seconds of event-loop or queue lag at or above which new requests are shed
+    lag_low: float = 0.02  # seconds of lag at or below which shedding eases off (hysteresis)
+    action: str = "503"  # "503" (with Retry-After) or "drop"
+    retry_after: int = 2  # seconds, in the 503
+    probe_interval: float = 0.01  # seconds between two lag measurements
+
+
+@dataclass(frozen=True, slots=True)
 class HtableSection:
     # [htable.NAME]: a KSR.htable table declared up front.
     autoexpire: float = 0.0  # seconds an entry lives (0: forever)
@@ -320,6 +331,7 @@ class Config:
     auth: AuthSection = field(default_factory=AuthSection)
     pike: PikeSection = field(default_factory=PikeSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    overload: OverloadSection = field(default_factory=OverloadSection)
     tls: TlsSection = field(default_factory=TlsSection)
     rtpengine: RtpengineSection = field(default_factory=RtpengineSection)
     uac: UacSection = field(default_factory=UacSection)
@@ -464,6 +476,7 @@ def _check(config: Config, text: str | None, source: str | None) -> None:
     if not config.auth.algorithms or any(a not in ("SHA-256", "MD5") for a in config.auth.algorithms):
         raise ConfigError("auth.algorithms", 'expected a list of "SHA-256" and/or "MD5"', _line_of(text, "auth.algorithms"), source)
     _check_limits(config, text, source)
+    _check_overload(config, text, source)
     _check_tls(config, text, source)
     _check_rtpengine(config, text, source)
     _check_dialog_acc(config, text, source)
@@ -496,6 +509,17 @@ def _check_dispatcher(config: Config, text: str | None, source: str | None) -> N
             parse_list(Path(ds.list_file).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, DispatcherError) as exc:
             raise ConfigError("dispatcher.list_file", f"{ds.list_file}: {exc}", _line_of(text, "dispatcher.list_file"), source) from None
+
+
+def _check_overload(config: Config, text: str | None, source: str | None) -> None:
+    ov = config.overload
+    if ov.action not in ("503", "drop"):
+        raise ConfigError("overload.action", "expected '503' or 'drop'", _line_of(text, "overload.action"), source)
+    if not 0 <= ov.lag_low <= ov.lag_high:
+        raise ConfigError("overload", "need 0 <= lag_low <= lag_high", _line_of(text, "overload"), source)
+    if ov.probe_interval <= 0 or ov.retry_after < 0:
+        key = "overload.probe_interval" if ov.probe_interval <= 0 else "overload.retry_after"
+        raise ConfigError(key, "must be positive", _line_of(text, key), source)
 
 
 def _check_limits(config: Config, text: str | None, source: str | None) -> None:

@@ -1,6 +1,7 @@
 """Flood protection and limits of a running proxy (``[pike]``, ``[limits]``, ``[htable.NAME]``; see
 docs/LIMITS.md): the pike tracker shared by the ingress gate and ``KSR.pike``, the rate-limit pipes, the
-declared htables, the transport and proxy limits, and what the management API shows of them.
+declared htables, the transport and proxy limits, overload shedding (``[overload]``), and what the management
+API shows of them.
 
 ``Protection.start(config)`` builds everything and makes the flood service current for the proxy's tasks;
 ``apply(proxy)`` sets the proxy core's limits; ``close`` removes the metric source.
@@ -16,6 +17,7 @@ import trio
 from trioproxy.auth import FailureCounts
 from trioproxy.config import Config
 from trioproxy.flood import FloodGate, PikeConfig, PikeTracker, RateLimiter, Trusted
+from trioproxy.flood.overload import OverloadConfig, OverloadDetector
 from trioproxy.mgmt import MetricFamily, Sample
 from trioproxy.mgmt.metrics import add_metric_source
 from trioproxy.proxy import Proxy
@@ -101,6 +103,12 @@ class Protection:
         proxy.max_transactions_per_source = limits.max_transactions_per_source
         proxy.retry_after = limits.retry_after
         proxy.max_breadth = limits.max_breadth
+        ov = self.config.overload
+        if ov.enabled:
+            proxy.overload = OverloadDetector(OverloadConfig(lag_high=ov.lag_high, lag_low=ov.lag_low))
+            proxy.overload_action = ov.action
+            proxy.overload_retry_after = ov.retry_after
+            proxy.overload_probe_interval = ov.probe_interval
         self.proxy = proxy
         self.transports = transports
 
@@ -127,6 +135,23 @@ class Protection:
             out["limited_requests"] = self.proxy.limited
         return out
 
+    def overload_stats(self) -> dict[str, Any]:
+        """The ``overload`` part of ``GET /stats``: the shedding level now and the counters."""
+        detector = self.proxy.overload if self.proxy is not None else None
+        if detector is None:
+            return {"enabled": False}
+        st = detector.stats
+        return {
+            "enabled": True,
+            "action": self.config.overload.action,
+            "overloaded": detector.overloaded,
+            "shed_level": round(detector.level, 3),
+            "lag_seconds": round(detector.lag, 6),
+            "peak_lag_seconds": round(st.peak_lag, 6),
+            "shed": st.shed,
+            "episodes": st.episodes,
+        }
+
     def metric_families(self) -> Iterable[MetricFamily]:
         tracker = self.service.tracker
         st = tracker.stats
@@ -148,6 +173,16 @@ class Protection:
             yield MetricFamily.single("trioproxy_requests_limited", "counter",
                                       "New requests answered 503 over max_transactions(_per_source)",
                                       self.proxy.limited)  # fmt: skip
+            detector = self.proxy.overload
+            if detector is not None:
+                yield MetricFamily.single("trioproxy_overload_shed", "counter",
+                                          "New requests refused (503 or dropped) while overloaded",
+                                          detector.stats.shed)  # fmt: skip
+                yield MetricFamily.single("trioproxy_overload_level", "gauge",
+                                          "Share of new requests refused now (0: not overloaded)",
+                                          detector.level)  # fmt: skip
+                yield MetricFamily.single("trioproxy_overload_episodes", "counter",
+                                          "Times the proxy started shedding", detector.stats.episodes)  # fmt: skip
 
         if self.transports is not None:
             t = self.transports.statistics()

@@ -37,7 +37,8 @@ from trioproxy.sip import Request, Response, parse_uri_untrusted
 from trioproxy.transaction import Timers
 from trioproxy.transport import Listen, TLSContexts, TLSSettings, Transports
 from trioproxy.uac import Trunk
-from trioproxy.uac.client import TrunkRegistry, set_uac
+from trioproxy.uac.client import UNREGISTER_WAIT, TrunkRegistry, set_uac
+from trioproxy.uac.watch import TrunkTable
 
 __all__ = ["build_router", "serve"]
 
@@ -143,10 +144,11 @@ def build_rtpengine(config: Config) -> RtpengineClient | None:
 
 
 def build_uac(config: Config) -> TrunkRegistry | None:
-    """The trunk registrations of ``[[uac.registrations]]`` (None when there are none)."""
+    """The trunk registrations of ``[[uac.registrations]]`` and, with ``--db``, of its ``uacreg`` table
+    (None when there is neither)."""
     u = config.uac
     trunks = [Trunk(**{f: getattr(r, f) for f in Trunk.__dataclass_fields__}) for r in u.registrations]
-    if not trunks:
+    if not trunks and not config.db.url:
         return None
     return TrunkRegistry(trunks, retry_interval=u.reg_retry_interval, retry_max=u.reg_retry_max)
 
@@ -201,6 +203,9 @@ async def serve(
     set_acc(acc)
     uac = build_uac(config)
     set_uac(uac)  # KSR.uac of the routes
+    trunk_table = TrunkTable(config.db.url, uac) if uac is not None and config.db.url else None
+    if trunk_table is not None:
+        trunk_table.load_sync()
     dispatcher = DispatcherRuntime.start(config.dispatcher, config.db.url)  # KSR.dispatcher of the routes
     tconfig = dataclasses.replace(transport_config(config), handshake_timeout=config.tls.handshake_timeout)
     transports = Transports(listens, tconfig, gate=protection.gate, tls=build_tls(config))
@@ -246,6 +251,8 @@ async def serve(
             nursery.start_soon(_background, "registration_counts", app.refresh_counts)
             if uac is not None:
                 nursery.start_soon(_background, "uac", uac.run, proxy)
+            if trunk_table is not None:
+                nursery.start_soon(_background, "uacreg", trunk_table.watch, config.db.refresh_interval)
             if dispatcher is not None:
                 nursery.start_soon(_background, "dispatcher_probes", dispatcher.run, proxy)
             if holder is not None and path is not None and config.routing.watch:
@@ -267,8 +274,15 @@ async def serve(
             sdnotify.ready("listening")
             task_status.started(proxy)
 
+            async def unregister_trunks() -> None:
+                if uac is not None:
+                    done = await uac.unregister_all(min(UNREGISTER_WAIT, config.proxy.drain_time))
+                    log.info("trunks: %d registrations removed (Expires: 0)", done)
+
             async def drain_then_stop() -> None:
-                drained = await proxy.drain(config.proxy.drain_time)
+                async with trio.open_nursery() as stopping:  # the trunks unregister while calls finish
+                    stopping.start_soon(unregister_trunks)
+                    drained = await proxy.drain(config.proxy.drain_time)
                 log.info("drained %s, exiting", "completely" if drained else "partly (drain time over)")
                 nursery.cancel_scope.cancel()
 
@@ -294,6 +308,8 @@ async def serve(
                 sdnotify.stopping()
                 nursery.start_soon(drain_then_stop)
     operator.close()
+    if trunk_table is not None:
+        trunk_table.close()
     protection.close()
     if dispatcher is not None:
         dispatcher.close()

@@ -118,6 +118,7 @@ class ProxyMgmtApp:
             out["routing"] = self.holder.statistics()
         if self.protection is not None:
             out["pike"] = self.protection.stats()
+            out["overload"] = self.protection.overload_stats()
         if self.uac is not None:
             out["uac"] = self.uac.snapshot(trio.current_time())
         if self.dispatcher is not None:
@@ -254,6 +255,12 @@ class ProxyMgmtApp:
     def dispatcher_list(self) -> JSONDict | None:
         """``GET /dispatcher``: the sets and each destination's state (None: no dispatcher configured)."""
         return None if self.dispatcher is None else dict(self.dispatcher.snapshot())
+
+    def trunk_list(self) -> JSONDict | None:
+        """``GET /trunks``: each trunk registration and its state (None: no trunks configured)."""
+        if self.uac is None:
+            return None
+        return {"trunks": self.uac.snapshot(trio.current_time())}
 
     def dispatcher_reload(self) -> JSONDict | None:
         """``POST /dispatcher/reload``: read the list again (None: no dispatcher configured)."""

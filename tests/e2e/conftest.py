@@ -173,8 +173,13 @@ class ProxyRun:
 
     def transaction_lines(self, method: str | None = None) -> list[str]:
         """The proxy's one-line-per-transaction log entries (``METHOD URI branches=N status=S T ms``)."""
+        # Logged at DEBUG (the proxy runs with --log-level debug here); the whole log, not its tail.
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            text = ""
         out = []
-        for line in self.log().splitlines():
+        for line in text.splitlines():
             _, sep, entry = line.partition(" trioproxy.proxy: ")
             if sep and " status=" in entry and (method is None or entry.startswith(f"{method} ")):
                 out.append(entry)
@@ -290,7 +295,7 @@ class Lab:
             lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
         config.write_text("\n".join(lines) + "\n" + config_extra)  # config_extra: TOML ([[arrays]] of tables)
         args = [sys.executable, "-m", "trioproxy", "run", "-c", str(config)]
-        args += ["--listen", f"udp:{HOST}:{port}", "--listen", f"tcp:{HOST}:{port}", "--log-level", "info"]
+        args += ["--listen", f"udp:{HOST}:{port}", "--listen", f"tcp:{HOST}:{port}", "--log-level", "debug"]
         # The management API on a port of its own choosing: the default 127.0.0.1:9060 may be taken.
         args += ["--mgmt", f"{HOST}:0"]
         if timer_t1 is not None:

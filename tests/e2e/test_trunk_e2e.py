@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,30 @@ def test_call_to_trunk_answers_407_with_credentials(env: tuple[Lab, ProxyRun, Si
     # The 407 stayed between the proxy and the trunk: the caller saw the 200 only.
     assert not caller.received(status=407)
     assert caller.received(status=200)
+
+
+def test_incoming_call_from_trunk_reaches_the_local_user(
+    env: tuple[Lab, ProxyRun, SippRun, SippRun], tmp_path: Path
+) -> None:
+    """The provider calls the contact trioproxy registered (user = l_uuid): ``uac_reg_lookup`` maps it to
+    the local user ``office``, whose phone (registered at trioproxy) answers; 200, ACK and BYE pass."""
+    lab, proxy, registrar, _trunk = env
+    deadline = time.monotonic() + 10
+    while not registrar.received("REGISTER") or _stats(proxy)["uac"][0]["registered"] is not True:  # type: ignore[index]
+        assert time.monotonic() < deadline, lab.diagnostics()
+        time.sleep(0.1)
+    contact = _header(registrar.received("REGISTER")[0], "Contact") or ""
+    m = re.search(r"sip:([^@]+)@([^;>]+)", contact)
+    assert m and m.group(1) == "pbx1", contact
+    phone = lab.uas("uas_answer.xml", name="office")
+    users = tmp_path / "users.csv"
+    users.write_text("SEQUENTIAL\noffice;\n")
+    lab.uac("reg_users.xml", proxy.address, keys={"contact_hostport": phone.address, "expires": "60"},
+            extra_args=["-inf", str(users)], name="office-register")  # fmt: skip
+    provider = lab.uac("uac_call.xml", m.group(2), name="provider", extra_args=["-s", m.group(1)])
+    lab.expect_success(provider, phone)
+    invite = phone.received("INVITE")
+    assert len(invite) == 1 and invite[0].first_line.startswith(f"INVITE sip:office@{phone.address}")
+    assert "sip:pbx1@" in (_header(invite[0], "To") or "")  # the call is the one sent to our registration
+    assert phone.received("ACK") and phone.received("BYE")
+    assert provider.received(status=200)

@@ -19,8 +19,10 @@ def example(name: str, **kw: object) -> LuaScript:
 
 
 @pytest.mark.parametrize(
-    "name", ["default.lua", "ring-all.lua", "serial.lua", "blocklist.lua", "async_lookup.lua", "public.lua"]
-)
+    "name",
+    ["default.lua", "ring-all.lua", "serial.lua", "blocklist.lua", "async_lookup.lua", "public.lua", "trunk.lua",
+     "lb.lua"],
+)  # fmt: skip
 def test_examples_check_clean(name: str) -> None:
     result = check_script(EXAMPLES / name)
     assert result.ok, result.errors

@@ -71,6 +71,17 @@ MIGRATIONS: list[str] = [
         description TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 5: trunk registrations (KSR.uac), Kamailio's uacreg table columns.
+    """
+    CREATE TABLE uacreg (
+        id INTEGER PRIMARY KEY, l_uuid TEXT NOT NULL UNIQUE, l_username TEXT NOT NULL DEFAULT '',
+        l_domain TEXT NOT NULL DEFAULT '', r_username TEXT NOT NULL DEFAULT '', r_domain TEXT NOT NULL DEFAULT '',
+        realm TEXT NOT NULL DEFAULT '', auth_username TEXT NOT NULL DEFAULT '',
+        auth_password TEXT NOT NULL DEFAULT '', auth_proxy TEXT NOT NULL DEFAULT '',
+        expires INTEGER NOT NULL DEFAULT 3600, flags INTEGER NOT NULL DEFAULT 0,
+        reg_delay INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,6 +5,7 @@
         registrations [AOR] [--offset N] [--limit N]
         dispatcher [list | reload]        destination sets and states; read the list again
         dialogs [--limit N]               tracked dialogs (KSR.dialog): counts by state, the dialogs
+        trunks                            trunk registrations (KSR.uac) and their states
         unregister AOR [--contact URI]
         trace CALLID                      show what is known of a call
         trace (CALLID | --user USER) --on|--off    start or stop tracing a call or a user
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import sys
+import time
 from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
@@ -29,7 +31,7 @@ from trioproxy.mgmt.server import DEFAULT_HOST, DEFAULT_PORT
 
 __all__ = ["add_ctl_arguments", "ctl_main", "parse_mgmt_address"]
 
-_COMMANDS = ("health", "stats", "metrics", "reload", "script", "registrations", "unregister", "trace", "dialogs", "dispatcher")
+_COMMANDS = ("health", "stats", "metrics", "reload", "script", "registrations", "unregister", "trace", "dialogs", "dispatcher", "trunks")
 
 
 def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +56,7 @@ def add_ctl_arguments(parser: argparse.ArgumentParser) -> None:
     regs.add_argument("--limit", type=int, default=100)
     dlgs = sub.add_parser("dialogs", help="the tracked dialogs (KSR.dialog) and their counts")
     dlgs.add_argument("--limit", type=int, default=100)
+    sub.add_parser("trunks", help="trunk registrations: registered, registering, failed (retry at), expires at")
     dsp = sub.add_parser("dispatcher", help="dispatcher sets and destination states, or reload the list")
     dsp.add_argument("action", choices=("list", "reload"), nargs="?", default="list")
     unreg = sub.add_parser("unregister", help="remove the bindings of an AOR (or one of them)")
@@ -86,6 +89,8 @@ def _plan(args: argparse.Namespace) -> tuple[str, str]:
         return "GET", f"/{command}"
     if command == "reload":
         return "POST", "/reload"
+    if command == "trunks":
+        return "GET", "/trunks"
     if command == "registrations":
         query = {"offset": args.offset, "limit": args.limit}
         if args.aor:
@@ -150,8 +155,36 @@ def _human(command: str, body: Any, out: TextIO) -> None:
         else:
             print(f"reload failed: {where}: {body.get('error') or 'unknown error'} (the old script keeps running)", file=out)
         return
+    if command == "trunks" and isinstance(body, dict) and isinstance(body.get("trunks"), list):
+        for line in _trunk_lines(body["trunks"]):
+            print(line, file=out)
+        return
     for line in _render(body, 0):
         print(line, file=out)
+
+
+def _when(stamp: Any) -> str:
+    if not isinstance(stamp, (int, float)):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _trunk_lines(trunks: list[Any]) -> list[str]:
+    """One line per trunk: l_uuid, state and when it changes next, account, registrar, last answer."""
+    lines = []
+    for t in trunks:
+        if not isinstance(t, dict):
+            continue
+        state = str(t.get("state"))
+        if state == "failed":
+            state += f" (backoff until {_when(t.get('retry_at'))}, {t.get('failures_in_a_row')} in a row)"
+        if t.get("expires_at") is not None:
+            state += f", expires at {_when(t.get('expires_at'))}"
+        last = f"{t.get('last_status')} {t.get('last_reason')}".strip() if t.get("last_status") else "-"
+        lines.append(
+            f"{t.get('l_uuid')}\t{state}\t{t.get('r_uri')} via {t.get('registrar')}\tlast: {last}\t[{t.get('source')}]"
+        )
+    return lines or ["no trunks"]
 
 
 def _render(value: Any, indent: int) -> list[str]:

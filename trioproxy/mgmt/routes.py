@@ -9,6 +9,7 @@
     DELETE /registrations?aor=&contact=         remove one binding, or all of an AOR (404 when none)
     GET    /dispatcher                          the dispatcher's sets and destination states (404: none)
     POST   /dispatcher/reload                   read the dispatcher list again; 422 when it is refused
+    GET    /trunks                              trunk registrations and their states (404: none configured)
     GET    /trace/<call-id>                     what is known of one call (404 when nothing)
     POST   /trace?call_id=|user=&on=1           start (on=1) or stop (on=0) tracing a call or a user
 
@@ -130,6 +131,7 @@ class Endpoints:
             "/dialogs": {"GET": (self._dialogs, frozenset({"limit"}))},
             "/dispatcher": {"GET": (self._dispatcher, frozenset())},
             "/dispatcher/reload": {"POST": (self._dispatcher, frozenset())},
+            "/trunks": {"GET": (self._trunks, frozenset())},
         }
 
     async def dispatch(self, method: str, target: str) -> Reply:
@@ -180,6 +182,14 @@ class Endpoints:
         if data is None:
             return Reply.error(404, "no dispatcher sets configured")
         return Reply.json(422 if reload and not data.get("ok") else 200, data)
+
+    async def _trunks(self, path: str, query: _Query) -> Reply:
+        # Optional in an MgmtApp: ``trunk_list()`` (None: no trunk registrations configured).
+        lister = getattr(self.app, "trunk_list", None)
+        data = lister() if lister is not None else None
+        if data is None:
+            return Reply.error(404, "no trunk registrations configured")
+        return Reply.json(200, data)
 
     async def _reload(self, path: str, query: _Query) -> Reply:
         result = await self.app.reload()

@@ -7,6 +7,11 @@ feeds them to the sans-IO ``TransactionTable`` and carries out the actions it re
 until the table's next deadline and calls ``expire``), and the request nursery, where each new request gets
 one task (``RequestContext``: validation, routing, stages of branches, the best response).
 
+Overload: with ``overload`` set (a ``trioproxy.flood.OverloadDetector``), a probe task measures the loop's
+lag every ``overload_probe_interval`` and the dispatcher refuses the share of new out-of-dialog requests the
+detector says (503 with Retry-After through their server transaction, or no answer) before any task or route
+runs for them; in-dialog requests, ACK, CANCEL, responses and retransmissions (absorbed by the table) pass.
+
 Actions that send are carried out by the task that caused them: the dispatcher for retransmissions it
 absorbs, the timer task for timer retransmissions, a branch task for its own request. Responses for a client
 transaction reach the branch that owns it through the transaction's ``user`` slot.
@@ -27,6 +32,7 @@ from typing import Any, Protocol
 import trio
 
 from trioproxy.faults import call_id_of, contain
+from trioproxy.flood.overload import OverloadDetector
 from trioproxy.proxy.context import Branch, BranchEvent, RequestContext
 from trioproxy.proxy.forward import (
     make_branch_id,
@@ -180,6 +186,11 @@ class Proxy:
         self.max_breadth = 0
         self.active_by_source: dict[str, int] = {}
         self.limited = 0  # new requests answered 503 for a limit above
+        # Overload shedding (docs/LIMITS.md, "Overload"); None: off.
+        self.overload: OverloadDetector | None = None
+        self.overload_action = "503"  # or "drop"
+        self.overload_retry_after = 2
+        self.overload_probe_interval = 0.01
 
     # -- addresses ---------------------------------------------------------------------------------------
 
@@ -233,6 +244,8 @@ class Proxy:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._timer_loop)
+            if self.overload is not None:
+                nursery.start_soon(self._lag_probe, self.overload)
             task_status.started()
             await self._dispatch_loop()
 
@@ -249,6 +262,36 @@ class Proxy:
                 contain("timer", exc)
                 # The deadline that raised may still be due: do not spin on it.
                 await trio.sleep(_FAULT_PAUSE)
+
+    async def _lag_probe(self, detector: OverloadDetector) -> None:
+        """Feed the overload detector: how late a short sleep wakes up, or how long a UDP socket has not been
+        read empty (datagrams waiting in the kernel), whichever is larger; a queue half full counts as late."""
+        interval = self.overload_probe_interval
+        incoming = self.transports.incoming
+        backlog = getattr(self.transports, "receive_backlog", None)
+        while True:
+            asked = trio.current_time() + interval
+            await trio.sleep(interval)
+            now = trio.current_time()
+            lag = now - asked
+            if backlog is not None:
+                lag = max(lag, backlog(now))
+            st = incoming.statistics()
+            if st.max_buffer_size and st.current_buffer_used * 2 >= st.max_buffer_size:
+                lag = max(lag, detector.config.lag_high)
+            detector.sample(lag, now)
+
+    async def _shed(self, action: RequestReceived, detector: OverloadDetector) -> bool:
+        """Refuse a new out-of-dialog request when the detector says so (True: it was refused)."""
+        request = action.request
+        if request.method in ("ACK", "CANCEL") or request.to.tag is not None or not detector.shed():
+            return False
+        if self.overload_action == "503":
+            await self._answer(
+                action.txn, request, 503, "Service Unavailable", (("Retry-After", str(self.overload_retry_after)),)
+            )
+        # "drop": no answer; the transaction absorbs retransmissions and ends by its timers.
+        return True
 
     def _kick_timer(self) -> None:
         deadline = self.table.next_deadline()
@@ -354,6 +397,9 @@ class Proxy:
                 if action.txn is not None:
                     await self.execute(self.table.transport_error(action.txn, trio.current_time()))
         elif isinstance(action, RequestReceived):
+            detector = self.overload
+            if detector is not None and detector.level > 0.0 and await self._shed(action, detector):
+                return
             self.spawn(self._handle_request, action.txn, action.request)
         elif isinstance(action, ResponseReceived):
             self._to_branch(action.txn, BranchEvent(response=action.response))
@@ -561,7 +607,7 @@ class Proxy:
                     self.router.on_end(ctx)  # accounting, dialog tracking: the request's final status
                 except Exception as exc:  # boundary of the router's end hook
                     contain("route", exc, call_id=call_id_of(request))
-                log.info(
+                log.debug(
                     "%s %s branches=%d status=%s %.1fms",
                     request.method,
                     request.uri,

@@ -165,6 +165,11 @@ class Transports:
         current ones stay) or without TLS."""
         return self.tls.reload() if self.tls is not None else False
 
+    def receive_backlog(self, now: float) -> float:
+        """Seconds since the busiest UDP socket was last read empty (0 when every socket was just drained):
+        how long datagrams may have waited in the kernel's receive queue."""
+        return max((now - e.last_empty for e in self._udp if e.last_empty), default=0.0)
+
     def statistics(self) -> TransportStatistics:
         """A snapshot of the counters."""
         return dataclasses.replace(self._stats)

@@ -103,6 +103,9 @@ class UDPEndpoint:
         self._unreachable: dict[tuple[str, int], tuple[float, int]] = {}
         self.gate = gate
         self.max_message_size = config.udp_max_message_size
+        # When the receive loop last found the socket empty: a socket that stays non-empty means datagrams
+        # wait in the kernel's queue (the proxy's overload detector reads it, ``Transports.receive_backlog``).
+        self.last_empty = 0.0
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
@@ -137,6 +140,7 @@ class UDPEndpoint:
             try:
                 data, addr = recvfrom(_RECV_SIZE)
             except BlockingIOError:
+                self.last_empty = trio.current_time()
                 if woke:
                     # Woken with nothing to read: a pending error-queue entry (EPOLLERR) would keep
                     # waking us, so read it out.

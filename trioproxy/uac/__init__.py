@@ -2,8 +2,9 @@
 refresh before expiry, back off on failure; the digest client ``uac_auth`` answers challenges with.
 
 ``registration`` is the sans-IO state machine (time is an input), ``digest_client`` answers challenges,
-``client`` runs registrations on trio through the proxy's transactions and keeps the registry the routing
-layer and the management API read.
+``sender`` sends one registration's REGISTERs through the proxy's transactions, ``client`` keeps the
+registry the routing layer and the management API read (and runs the senders), ``table`` is the ``--db``
+``uacreg`` table and ``watch`` feeds its rows to the registry while the proxy runs.
 """
 
 from __future__ import annotations

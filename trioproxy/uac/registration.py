@@ -7,6 +7,8 @@ time is an input. States:
 - ``registering``: a REGISTER is out, waiting for its final response (``on_response`` / ``on_timeout``).
 - ``registered``: the registrar accepted; the refresh is due at ``refresh_delay(expires)`` after the 200
   (90% of the interval, at most 5 s before expiry, never earlier than half of it).
+- ``unregistering`` / ``unregistered``: ``unregister`` sent a REGISTER with Expires: 0 (a trunk removed,
+  or the proxy stopping) / the registrar removed the binding; nothing more is sent.
 - ``failed``: a failure (403, 404, 5xx, a challenge answered wrongly, no answer); the next try comes after a
   back-off that doubles with each failure in a row, from ``retry_interval`` up to ``retry_max``
   (Kamailio's ``reg_retry_interval``, made exponential).
@@ -35,6 +37,8 @@ class RegState(enum.StrEnum):
     REGISTERING = "registering"
     REGISTERED = "registered"
     FAILED = "failed"
+    UNREGISTERING = "unregistering"
+    UNREGISTERED = "unregistered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,7 @@ class Registration:
     _expires: int = 0  # the expiry asked for (raised by a 423)
     _answered: Challenge | None = None  # the challenge the request in flight answered
     _nc: int = 0
+    _removing: bool = False  # unregister() was called: Expires 0, and no refresh after it
 
     def __post_init__(self) -> None:
         self._expires = self.trunk.expires
@@ -96,15 +101,31 @@ class Registration:
     # -- outputs ---------------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """When ``poll`` has something to send (None while a REGISTER is out)."""
-        return None if self.state is RegState.REGISTERING else self.deadline
+        """When ``poll`` has something to send (None while a REGISTER is out, or after ``unregister``)."""
+        return None if self._removing or self.state is RegState.REGISTERING else self.deadline
 
     def poll(self, now: float) -> Request | None:
         """The REGISTER to send now, if one is due."""
-        if self.state is RegState.REGISTERING or now < self.deadline:
+        if self._removing or self.state is RegState.REGISTERING or now < self.deadline:
             return None
         self._answered = None
         return self._register(None)
+
+    def unregister(self, now: float) -> Request | None:
+        """The REGISTER with Expires: 0 removing our binding; None when none may be in force (never
+        registered, expired, or already removed). Afterwards ``poll`` sends nothing more."""
+        in_force = self.is_registered(now) or self.state is RegState.REGISTERING
+        if self._removing or not in_force:
+            self._removing = True
+            return None
+        self._removing = True
+        self._answered = None
+        return self._register(None)
+
+    @property
+    def removing(self) -> bool:
+        """Whether ``unregister`` was called (the registration sends nothing more of its own)."""
+        return self._removing
 
     def is_registered(self, now: float) -> bool:
         return self.expires_at is not None and now < self.expires_at
@@ -114,12 +135,15 @@ class Registration:
     def on_response(self, response: Response, now: float) -> Request | None:
         """A final response to the REGISTER in flight; returns the next request to send now (a challenge
         answered, a 423 retried), or None."""
-        if self.state is not RegState.REGISTERING or response.status < 200:
+        if self.state not in (RegState.REGISTERING, RegState.UNREGISTERING) or response.status < 200:
             return None
         status = response.status
         self.last_status, self.last_reason = status, response.reason
         if 200 <= status < 300:
-            self._registered(response, now)
+            if self._removing:
+                self.state, self.expires_at = RegState.UNREGISTERED, None
+            else:
+                self._registered(response, now)
             return None
         if status in (401, 407):
             header = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
@@ -139,7 +163,7 @@ class Registration:
 
     def on_timeout(self, now: float) -> None:
         """The REGISTER in flight got no final response (Timer F) or could not be sent."""
-        if self.state is RegState.REGISTERING:
+        if self.state in (RegState.REGISTERING, RegState.UNREGISTERING):
             self.last_status, self.last_reason = 408, "Request Timeout"
             self._failed(now)
 
@@ -166,7 +190,7 @@ class Registration:
             ("Call-ID", self.call_id),
             ("CSeq", f"{self.cseq} REGISTER"),
             ("Contact", f"<{self.contact}>"),
-            ("Expires", str(self._expires)),
+            ("Expires", "0" if self._removing else str(self._expires)),
             ("User-Agent", "trioproxy"),
         ]
         if auth is not None:
@@ -180,7 +204,7 @@ class Registration:
                 return None
             headers.append(("Authorization" if status == 401 else "Proxy-Authorization", value))
             self._answered = challenge
-        self.state = RegState.REGISTERING
+        self.state = RegState.UNREGISTERING if self._removing else RegState.REGISTERING
         return Request.build("REGISTER", uri, headers)
 
     def _granted(self, response: Response) -> int:
