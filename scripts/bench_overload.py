@@ -3,7 +3,7 @@
 The capacity is ``--capacity N`` or the highest rate with fewer than 0.5% failed calls (the stepping of
 ``scripts/bench``). Then SIPp offers twice that rate for ``--overload-seconds`` (default 20) and the run
 reports: goodput (calls completed per second of the load), calls refused at the INVITE with 503 ("shed":
-SIPp counts them as failed calls, the caller was told to retry), calls that failed after they started
+the caller was told to retry later; bench/uac_shed.xml ends them as such), calls that failed after they started
 (no answer, a timeout, an error after the INVITE was accepted) as a share of the calls started (created minus
 shed), SIPp's retransmissions, the peak resident set of the proxy's main process during the load and its
 resident set after ``--rest`` seconds of no traffic. Kamailio has no shedding: its figures are reported alike.
@@ -11,6 +11,7 @@ resident set after ``--rest`` seconds of no traffic. Kamailio has no shedding: i
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +27,7 @@ __all__ = ["OverloadResult", "count_shed", "measure_overload", "overload_rows"]
 class LoadLike(Protocol):
     count: int
     workdir: Path
+    shed_scenario: bool
 
     def __call__(self, rate: int, seconds: int) -> Load: ...
 
@@ -50,20 +52,19 @@ class OverloadResult:
         return 100.0 * self.failed_after_start / started if started > 0 else 0.0
 
 
-def count_shed(errors_log: Path) -> int:
-    """Calls SIPp aborted on an unexpected 503 (its error log has one entry per aborted call)."""
+def count_shed(log: Path) -> int:
+    """Calls refused with 503 at their INVITE: the ``shed;1`` lines bench/uac_shed.xml logs."""
     try:
-        text = errors_log.read_text(errors="replace")
+        with open(log, errors="replace") as f:
+            return sum(1 for line in f if line.startswith("shed;"))
     except OSError:
         return 0
-    return text.count("SIP/2.0 503 ")
 
 
 def measure_overload(load: LoadLike, capacity: int, seconds: int, rest: float, pid: int) -> OverloadResult:
     """Offer ``2 * capacity`` calls/s for ``seconds``; the figures of the load and of the rest after it."""
-    import time
-
     offered = 2 * capacity
+    load.shed_scenario = True
     result = load(offered, seconds)
     run_dir = load.workdir / f"load{load.count:02d}-{offered}"
     counters = sipp_counters(run_dir / "stat.csv")
@@ -75,18 +76,19 @@ def measure_overload(load: LoadLike, capacity: int, seconds: int, rest: float, p
     except OSError:
         pass
     time.sleep(rest)
-    shed = count_shed(run_dir / "errors.log")
-    failed = max(0, result.failed - shed)
+    shed = count_shed(run_dir / "rtt.log")
+    completed = max(0, result.succeeded - shed)  # bench/uac_shed.xml ends a shed call without a failure
+    failed = result.failed
     return OverloadResult(
         capacity=capacity,
         offered=offered,
         seconds=seconds,
         created=result.created,
-        succeeded=result.succeeded,
+        succeeded=completed,
         shed=shed,
         failed_after_start=failed,
         retransmissions=int(counters.get("Retransmissions(C)", 0) or 0),
-        goodput=round(result.succeeded / max(result.elapsed, seconds), 1),
+        goodput=round(completed / max(result.elapsed, seconds), 1),
         peak_rss_kib=peak,
         rest_rss_kib=rss_kib(pid),
     )

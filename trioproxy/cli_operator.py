@@ -25,7 +25,7 @@ import sqlite3
 import sys
 from typing import Any
 
-from trioproxy.cli_trunk import add_trunk_commands, trunk_command
+from trioproxy.cli_trunk import add_trunk_commands, report_removal, trunk_command
 from trioproxy.db import (
     SchemaError,
     add_address,
@@ -104,11 +104,7 @@ def _run(db: sqlite3.Connection, args: argparse.Namespace) -> int:
             print(f"{sub.username}@{sub.domain}: saved")
             return 0
         if args.op == "del":
-            if del_user(db, args.aor):
-                print(f"{args.aor}: removed")
-                return 0
-            print(f"{args.aor}: no such subscriber", file=sys.stderr)
-            return 1
+            return report_removal(del_user(db, args.aor), args.aor, "subscriber")
         for s in list_users(db):
             algorithms = "MD5,SHA-256" if s.ha1_sha256 else "MD5"
             print(f"{s.username}@{s.domain}\trealm={s.domain}\t{algorithms}")

@@ -21,7 +21,7 @@ from trioproxy.db import split_user
 from trioproxy.uac.registration import Trunk
 from trioproxy.uac.table import FLAG_DISABLED, TrunkRow, add_trunk, del_trunk, list_trunks
 
-__all__ = ["add_trunk_commands", "trunk_command"]
+__all__ = ["add_trunk_commands", "report_removal", "trunk_command"]
 
 
 def add_trunk_commands(sub: Any) -> None:
@@ -47,6 +47,15 @@ def add_trunk_commands(sub: Any) -> None:
     ls.add_argument("--db", metavar="URL", required=True, help="the operator database, sqlite:///PATH")
 
 
+def report_removal(removed: bool, name: str, kind: str) -> int:
+    """The outcome of a ``del``: ``NAME: removed`` (exit status 0) or ``NAME: no such KIND`` on stderr (1)."""
+    if removed:
+        print(f"{name}: removed")
+        return 0
+    print(f"{name}: no such {kind}", file=sys.stderr)
+    return 1
+
+
 def trunk_command(db: sqlite3.Connection, args: argparse.Namespace) -> int:
     """Run one ``trioproxy trunk`` operation (``ValueError`` on bad input)."""
     if args.op == "add":
@@ -63,11 +72,7 @@ def trunk_command(db: sqlite3.Connection, args: argparse.Namespace) -> int:
         print(f"{args.l_uuid}: saved")
         return 0
     if args.op == "del":
-        if del_trunk(db, args.l_uuid):
-            print(f"{args.l_uuid}: removed")
-            return 0
-        print(f"{args.l_uuid}: no such trunk", file=sys.stderr)
-        return 1
+        return report_removal(del_trunk(db, args.l_uuid), args.l_uuid, "trunk")
     for row in list_trunks(db):
         t = row.trunk
         where = t.auth_proxy or f"sip:{t.r_domain}"

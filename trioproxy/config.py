@@ -210,8 +210,8 @@ class LimitsSection:
 class OverloadSection:
     # Shedding new requests when the proxy falls behind (docs/LIMITS.md, "Overload").
     enabled: bool = True
-    lag_high: float = 0.08  # seconds of event-loop or queue lag at or above which new requests are shed
-    lag_low: float = 0.02  # seconds of lag at or below which shedding eases off (hysteresis)
+    lag_high: float = 0.4  # seconds of event-loop or queue lag at or above which new requests are shed
+    lag_low: float = 0.1  # seconds of lag at or below which shedding eases off fast
     action: str = "503"  # "503" (with Retry-After) or "drop"
     retry_after: int = 2  # seconds, in the 503
     probe_interval: float = 0.01  # seconds between two lag measurements

@@ -12,72 +12,28 @@ up. The proxy runs ``browser/route.lua``: Kamailio's way with WebSocket clients 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
-from .conftest import HOST, Lab, ProxyRun, free_port
+from .websocket_lab import BROWSER_DIR, WsLab, driver_command, ws_proxy
 
 pytestmark = pytest.mark.e2e
 
-BROWSER_DIR = Path(__file__).parent / "browser"
-CHROMIUM = "/usr/bin/chromium"
 DRIVER_TIMEOUT = 90.0  # seconds for the whole browser run (the driver bounds itself at 60)
 
 
-@dataclass
-class BrowserLab:
-    lab: Lab
-    proxy: ProxyRun
-    ws_port: int
-    wss_port: int
-
-
 @pytest.fixture(scope="module")
-def browser_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserLab]:
-    workdir = tmp_path_factory.mktemp("browser")
-    ca = trustme.CA()
-    cert = ca.issue_cert(HOST)
-    (workdir / "proxy.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(workdir / "proxy.key"))
-    lab = Lab(workdir)
-    ws_port, wss_port = free_port(), free_port()
-    try:
-        proxy = lab.proxy(
-            script=str(BROWSER_DIR / "route.lua"),
-            extra_args=[
-                "--listen", f"ws:{HOST}:{ws_port}",
-                "--listen", f"wss:{HOST}:{wss_port}",
-                "--tls-cert", str(workdir / "proxy.pem"),
-                "--tls-key", str(workdir / "proxy.key"),
-            ],
-        )  # fmt: skip
-        yield BrowserLab(lab, proxy, ws_port, wss_port)
-    finally:
-        lab.close()
+def browser_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WsLab]:
+    with ws_proxy(tmp_path_factory.mktemp("browser"), script=str(BROWSER_DIR / "route.lua")) as lab:
+        yield lab
 
 
-def _run_driver(blab: BrowserLab) -> dict[str, Any]:
-    node = shutil.which("node")
-    assert node is not None, "node is missing: scripts/test installs nodejs and npm"
-    assert Path(CHROMIUM).exists(), "chromium is missing: scripts/test installs it (apt-get install chromium)"
-    assert (BROWSER_DIR / "node_modules" / "jssip").is_dir(), (
-        "tests/e2e/browser/node_modules is missing: run scripts/test (or `npm ci` in tests/e2e/browser)"
-    )
-    options = {
-        "ws": f"ws://{HOST}:{blab.ws_port}",
-        "wss": f"wss://{HOST}:{blab.wss_port}",
-        "domain": HOST,
-        "chromium": CHROMIUM,
-    }
+def _run_driver(blab: WsLab) -> dict[str, Any]:
     proc = subprocess.run(
-        [node, str(BROWSER_DIR / "driver.mjs"), json.dumps(options)],
+        driver_command("driver.mjs", blab.ws_port, blab.wss_port),
         capture_output=True,
         timeout=DRIVER_TIMEOUT,
         cwd=BROWSER_DIR,
@@ -94,7 +50,7 @@ def _run_driver(blab: BrowserLab) -> dict[str, Any]:
     return result
 
 
-def test_two_browsers_register_over_ws_and_wss_and_call(browser_lab: BrowserLab) -> None:
+def test_two_browsers_register_over_ws_and_wss_and_call(browser_lab: WsLab) -> None:
     result = _run_driver(browser_lab)
     proxy = browser_lab.proxy
     context = f"{json.dumps(result, indent=1)}\n--- proxy log\n{proxy.log()}"

@@ -16,6 +16,7 @@ from typing import Any, cast
 from .conftest import CORE, HOST, Lab
 
 TRIES = 100  # new INVITEs at most before one must have been refused
+PAUSE = 0.05  # seconds between two tries (the shedding level rises over about a second)
 WAIT = 5.0  # seconds at most for one answer
 
 
@@ -88,6 +89,7 @@ def test_new_invites_get_503_with_retry_after_while_an_in_dialog_bye_passes(lab:
             if text.startswith("SIP/2.0 503 "):
                 refused = text
                 break
+            time.sleep(PAUSE)
         assert refused is not None, f"no 503 after {TRIES} INVITEs\n{proxy.log()}"
         assert _header(refused, "Retry-After") == "3", refused
 

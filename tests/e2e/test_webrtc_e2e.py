@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import queue
-import shutil
 import subprocess
 import threading
 import time
@@ -28,18 +27,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-import trustme
 
 from tests.e2e.test_rtpengine_e2e import RTP_MAX, RTP_MIN, Rtpengine, _bodies
 
 from .conftest import HOST, Lab, ProxyRun, free_port, port_is_bound, stop_process
+from .websocket_lab import BROWSER_DIR, driver_command, ws_proxy
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "routes" / "webrtc.lua"
-BROWSER_DIR = Path(__file__).parent / "browser"
-CHROMIUM = "/usr/bin/chromium"
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")  # Debian's sip-tester (SIPp) ships it
 STEP_TIMEOUT = 30.0  # seconds between two driver lines (the driver bounds each of its steps at 15)
 
@@ -56,27 +53,11 @@ class WebrtcLab:
 @pytest.fixture(scope="module")
 def webrtc_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebrtcLab]:
     workdir = tmp_path_factory.mktemp("webrtc")
-    ca = trustme.CA()
-    cert = ca.issue_cert(HOST)
-    (workdir / "proxy.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(workdir / "proxy.key"))
     engine = Rtpengine(workdir)
-    lab = Lab(workdir)
-    ws_port, wss_port = free_port(), free_port()
     try:
-        proxy = lab.proxy(
-            script=str(EXAMPLE),
-            extra_args=[
-                "--listen", f"ws:{HOST}:{ws_port}",
-                "--listen", f"wss:{HOST}:{wss_port}",
-                "--tls-cert", str(workdir / "proxy.pem"),
-                "--tls-key", str(workdir / "proxy.key"),
-                "--rtpengine", engine.spec,
-            ],
-        )  # fmt: skip
-        yield WebrtcLab(lab, proxy, engine, ws_port, wss_port)
+        with ws_proxy(workdir, script=str(EXAMPLE), extra_args=["--rtpengine", engine.spec]) as ws:
+            yield WebrtcLab(ws.lab, ws.proxy, engine, ws.ws_port, ws.wss_port)
     finally:
-        lab.close()
         stop_process(engine.proc)
 
 
@@ -84,22 +65,10 @@ class Driver:
     """``webrtc_driver.mjs`` in a child process: its JSON lines in a queue, our answers on its stdin."""
 
     def __init__(self, wlab: WebrtcLab, workdir: Path) -> None:
-        node = shutil.which("node")
-        assert node is not None, "node is missing: scripts/test installs nodejs and npm"
-        assert Path(CHROMIUM).exists(), "chromium is missing: scripts/test installs it"
-        assert (BROWSER_DIR / "node_modules" / "jssip").is_dir(), (
-            "tests/e2e/browser/node_modules is missing: run scripts/test (or `npm ci` in tests/e2e/browser)"
-        )
-        options = {
-            "ws": f"ws://{HOST}:{wlab.ws_port}",
-            "wss": f"wss://{HOST}:{wlab.wss_port}",
-            "domain": HOST,
-            "chromium": CHROMIUM,
-        }
         self.stderr_path = workdir / "driver.err"
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [node, str(BROWSER_DIR / "webrtc_driver.mjs"), json.dumps(options)],
+                driver_command("webrtc_driver.mjs", wlab.ws_port, wlab.wss_port),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,

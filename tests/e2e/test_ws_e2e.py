@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 import trustme
@@ -35,7 +34,8 @@ from wsproto.events import (
 
 from trioproxy.sip import Request, Response, parse_message_untrusted
 
-from .conftest import HOST, Lab, ProxyRun, free_port
+from .conftest import HOST
+from .websocket_lab import WsLab, ws_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -44,37 +44,11 @@ PING_INTERVAL = 0.5  # the proxy's ws_ping_interval in this module
 IDLE_TIMEOUT = 4.0  # the proxy's tcp_idle_timeout in this module (WebSocket connections too)
 
 
-@dataclass
-class WsLab:
-    lab: Lab
-    proxy: ProxyRun
-    ws_port: int
-    wss_port: int
-    ca: trustme.CA
-
-
 @pytest.fixture(scope="module")
 def ws_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WsLab]:
-    workdir = tmp_path_factory.mktemp("ws")
-    ca = trustme.CA()
-    cert = ca.issue_cert(HOST)
-    (workdir / "proxy.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(workdir / "proxy.key"))
-    lab = Lab(workdir)
-    ws_port, wss_port = free_port(), free_port()
-    try:
-        proxy = lab.proxy(
-            settings={"proxy": {"ws_ping_interval": PING_INTERVAL, "tcp_idle_timeout": IDLE_TIMEOUT}},
-            extra_args=[
-                "--listen", f"ws:{HOST}:{ws_port}",
-                "--listen", f"wss:{HOST}:{wss_port}",
-                "--tls-cert", str(workdir / "proxy.pem"),
-                "--tls-key", str(workdir / "proxy.key"),
-            ],
-        )  # fmt: skip
-        yield WsLab(lab, proxy, ws_port, wss_port, ca)
-    finally:
-        lab.close()
+    settings = {"proxy": {"ws_ping_interval": PING_INTERVAL, "tcp_idle_timeout": IDLE_TIMEOUT}}
+    with ws_proxy(tmp_path_factory.mktemp("ws"), settings=settings) as lab:
+        yield lab
 
 
 class WsPeer:

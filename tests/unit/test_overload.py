@@ -63,15 +63,20 @@ def test_sustained_lag_raises_shedding_until_all_new_requests_are_refused() -> N
     assert det.level == 1.0 and shed_share(det) == 1.0
 
 
-def test_between_the_thresholds_the_level_holds_then_falls_to_zero_when_the_lag_is_gone() -> None:
+def test_under_the_high_threshold_the_level_eases_off_slowly_then_fast_when_the_lag_is_gone() -> None:
     det = OverloadDetector(OverloadConfig(lag_high=0.05, lag_low=0.01, rise=2.0, fall=0.5))
     now = feed(det, 0.1, 0.0, 0.6)
     level = det.level
-    assert level > 0
-    now = feed(det, 0.03, now, 5.0)  # hysteresis: neither rises nor falls
-    assert det.level == level
-    now = feed(det, 0.001, now, 0.5)
-    assert 0 < det.level < level  # easing off, not at once
+    assert level > 0.5
+    det.sample(0.1, now + 0.11)
+    assert det.level > level  # still overloaded: rises again at once (the onset counts only to start)
+    level, now = det.level, now + 0.11
+    now = feed(det, 0.03, now, 0.4)  # between the thresholds: fall per second
+    between = level - det.level
+    assert 0.15 <= between <= 0.25
+    level = det.level
+    now = feed(det, 0.001, now, 0.1)  # under lag_low: four times as fast
+    assert level - det.level == pytest.approx(4 * 0.5 * 0.1, abs=0.03)
     feed(det, 0.001, now, 3.0)
     assert det.level == 0.0 and shed_share(det) == 0.0  # recovered by itself
     assert det.stats.episodes == 1
@@ -129,7 +134,7 @@ async def overloaded_proxy(action: str = "503") -> AsyncIterator[tuple[Proxy, Fa
     proxy.overload_retry_after = 4
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.run)
-        await trio.sleep(1.0)  # the probe's samples bring the level to 1
+        await trio.sleep(1.5)  # the probe's samples bring the level to 1
         assert proxy.overload.level == 1.0
         yield proxy, net
         nursery.cancel_scope.cancel()
@@ -189,7 +194,7 @@ async def test_an_invite_started_before_overload_goes_on_and_its_cancel_passes(
         forwarded = await net.request_to(A)
         await net.inject(reply(forwarded, 180), A)
         await net.response_up(180)
-        await trio.sleep(1.0)
+        await trio.sleep(1.5)
         assert detector.level == 1.0
         start = len(net.sent)
         await net.inject(invite(call_id="early", branch=branch, method="CANCEL"), CALLER)

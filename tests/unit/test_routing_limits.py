@@ -18,7 +18,8 @@ from .test_routing_support import FakeServices, load, make_state
 # --- the counted matcher against Lua 5.4's C implementation -------------------------------------------
 
 _LUA = lua54.LuaRuntime(unpack_returned_tuples=True)
-_W = _LUA.execute(f"return load([==[{PATTERNS_LUA}]==], '{LIB_CHUNK}')(function(n) end)")
+# (the chunk returns the wrappers and its int() check: keep the first)
+_W = _LUA.execute(f"return (load([==[{PATTERNS_LUA}]==], '{LIB_CHUNK}')(function(n) end))")
 _W.set_c_max(-1)  # every call through the counted matcher
 _COMPARE = _LUA.eval(
     """function(W, fn, s, p, a, b)

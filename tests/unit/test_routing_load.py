@@ -107,10 +107,10 @@ def test_tokenizer_lines() -> None:
 
 def test_check_script(tmp_path: Path) -> None:
     good = tmp_path / "good.lua"
-    good.write_text(GOOD + "function x() if KSR.dispatcher then end end\n")
+    good.write_text(GOOD + "function x() if KSR.sdpops then end end\n")
     r = check_script(good)
     assert r.ok and r.errors == []
-    assert r.warnings == [f"{good}:4: module KSR.dispatcher is not provided (nil at run time)"]
+    assert r.warnings == [f"{good}:4: module KSR.sdpops is not provided (nil at run time)"]
     assert len(r.sha256) == 64
     bad = tmp_path / "bad.lua"
     bad.write_text("function ksr_request_route()\n  KSR.sl.sl_send_replay(404)\nend\n")

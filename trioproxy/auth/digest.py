@@ -21,9 +21,11 @@ __all__ = [
     "ALGORITHMS",
     "Credentials",
     "build_challenge",
+    "digest_params",
     "digest_response",
     "ha1",
     "parse_credentials",
+    "quote",
     "verify_response",
 ]
 
@@ -43,15 +45,16 @@ def ha1(algorithm: str, username: str, realm: str, password: str) -> str:
     return ALGORITHMS[algorithm.upper()](f"{username}:{realm}:{password}".encode())
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
+    """``value`` as a quoted-string (backslash and double quote escaped)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def build_challenge(realm: str, nonce: str, algorithm: str, *, stale: bool = False, opaque: str = "") -> str:
     """One ``WWW-Authenticate`` / ``Proxy-Authenticate`` value: ``Digest realm=...,nonce=...,qop="auth"``."""
-    parts = [f"realm={_quote(realm)}", f"nonce={_quote(nonce)}"]
+    parts = [f"realm={quote(realm)}", f"nonce={quote(nonce)}"]
     if opaque:
-        parts.append(f"opaque={_quote(opaque)}")
+        parts.append(f"opaque={quote(opaque)}")
     parts += [f"algorithm={algorithm}", 'qop="auth"']
     if stale:
         parts.append("stale=true")
@@ -85,8 +88,9 @@ class Credentials:
             return None
 
 
-def parse_credentials(value: str) -> Credentials | None:
-    """A ``Digest ...`` credentials value; None when it is not digest or lacks a required parameter."""
+def digest_params(value: str) -> dict[str, str] | None:
+    """The parameters of a ``Digest ...`` challenge or credentials value (names lowercased, quoted strings
+    unescaped); None when it is not digest, too long or malformed."""
     if len(value) > _MAX_HEADER:
         return None
     scheme, _sep, rest = value.strip().partition(" ")
@@ -103,6 +107,14 @@ def parse_credentials(value: str) -> Credentials | None:
             return None
         quoted = m.group(3)
         params[m.group(1).lower()] = _UNESCAPE.sub(r"\1", quoted) if quoted is not None else m.group(2)
+    return params
+
+
+def parse_credentials(value: str) -> Credentials | None:
+    """A ``Digest ...`` credentials value; None when it is not digest or lacks a required parameter."""
+    params = digest_params(value)
+    if params is None:
+        return None
     try:
         return Credentials(
             username=params["username"],

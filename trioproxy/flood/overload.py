@@ -9,10 +9,12 @@ a lag. From the samples the detector keeps a *shedding level* between 0 (admit e
 
 - while the lag stays at or above ``lag_high`` for ``onset`` consecutive samples, the level rises by
   ``rise`` per second of such samples;
-- while the lag is at or below ``lag_low`` it falls by ``fall`` per second;
-- between the two thresholds it holds (hysteresis: the level neither chases nor drops on every wobble).
+- while the lag is under ``lag_high`` it falls by ``fall`` per second, and four times as fast at or below
+  ``lag_low`` (the load is gone: recover quickly).
 
-A single late sample (a collection pause, a script compile) is not overload; a queue that stays late is.
+Hysteresis: a single late sample (a collection pause, a script compile) starts nothing, a queue that stays
+late does; the level rises faster than it falls, so it settles where the lag hovers just under ``lag_high``
+(the share the proxy cannot carry is refused) instead of flapping between all and nothing.
 ``shed(now)`` answers for one new request: with level ``p`` it refuses ``p`` of them, evenly spread (a credit
 counter, no randomness), so that the admitted share of a load twice the capacity settles near one half.
 Time is an argument everywhere: the detector runs on virtual time in tests.
@@ -27,11 +29,11 @@ __all__ = ["OverloadConfig", "OverloadDetector", "OverloadStats"]
 
 @dataclass(frozen=True, slots=True)
 class OverloadConfig:
-    lag_high: float = 0.08  # seconds of lag at or above which the proxy is overloaded
-    lag_low: float = 0.02  # seconds of lag at or below which the shedding level falls
+    lag_high: float = 0.4  # seconds of lag at or above which the proxy is overloaded
+    lag_low: float = 0.1  # seconds of lag at or below which the shedding level falls fast
     onset: int = 3  # consecutive samples at or above lag_high before the level rises
-    rise: float = 2.0  # level per second of overloaded samples
-    fall: float = 0.5  # level per second of samples under lag_low
+    rise: float = 1.0  # level per second of overloaded samples
+    fall: float = 0.25  # level per second of samples under lag_high (4x under lag_low)
     max_gap: float = 0.5  # a longer gap between two samples counts as this much (one late sample is bounded)
 
     def __post_init__(self) -> None:
@@ -84,8 +86,9 @@ class OverloadDetector:
                 self.level = min(1.0, self.level + cfg.rise * dt)
             return
         self._high_run = 0
-        if lag <= cfg.lag_low and self.level > 0.0:
-            self.level = max(0.0, self.level - cfg.fall * dt)
+        if self.level > 0.0:
+            step = cfg.fall * dt * (4.0 if lag <= cfg.lag_low else 1.0)
+            self.level = max(0.0, self.level - step)
             if self.level == 0.0:
                 self._credit = 0.0
 

@@ -264,8 +264,8 @@ class Proxy:
                 await trio.sleep(_FAULT_PAUSE)
 
     async def _lag_probe(self, detector: OverloadDetector) -> None:
-        """Feed the overload detector: how late a short sleep wakes up, or how long a UDP socket has not been
-        read empty (datagrams waiting in the kernel), whichever is larger; a queue half full counts as late."""
+        """Feed the overload detector the larger of two lags: how late a short sleep wakes up, and how long the
+        first datagram of a UDP socket's last batch waited in the kernel queue; a queue half full counts as late."""
         interval = self.overload_probe_interval
         incoming = self.transports.incoming
         backlog = getattr(self.transports, "receive_backlog", None)

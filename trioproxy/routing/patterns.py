@@ -22,7 +22,8 @@ with the wrappers in ``PATTERNS_LUA``:
 
 The chunk is loaded by the prelude under the name ``LIB_CHUNK``; the budget hook raises inside it as it
 does in the user's script. It receives ``charge(units)`` (add to the running route's count, raise when
-over budget) and returns the table of wrappers.
+over budget) and returns the table of wrappers and its ``int(v, default)`` argument check (an integer,
+or a number or numeric string with an integral value; ``default`` for nil), which ``GUARDS_LUA`` uses too.
 """
 
 from __future__ import annotations
@@ -609,7 +610,7 @@ function W.gsub(s, p, repl, max_n)
   return rethrow(pcall(gsub, ts, ts, tp, repl, tr, m, info))
 end
 
-return W
+return W, int
 """
 
 PATTERNS_LUA = (

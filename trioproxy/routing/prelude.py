@@ -95,8 +95,8 @@ local function charge(n)
   end
 end
 
-local LIBFNS = _load([==[@PATTERNS@]==], LIB, "t", _ENV)(charge)
-for k, f in _pairs(_load([==[@GUARDS@]==], LIB, "t", _ENV)(charge, rawgetmt)) do LIBFNS[k] = f end
+local LIBFNS, lib_int = _load([==[@PATTERNS@]==], LIB, "t", _ENV)(charge)
+for k, f in _pairs(_load([==[@GUARDS@]==], LIB, "t", _ENV)(charge, rawgetmt, lib_int)) do LIBFNS[k] = f end
 for _, k in ipairs({"find", "match", "gmatch", "gsub", "rep", "format"}) do string[k] = LIBFNS[k] end
 
 local function handler(e)
@@ -250,23 +250,12 @@ return setup, start, resume, close, global_type
 """
 
 GUARDS_LUA = r"""
-local charge, rawgetmt = ...
+local charge, rawgetmt, int = ...  -- int: the patterns chunk's argument check
 local s_rep, s_format, s_gsub, pcall = string.rep, string.format, string.gsub, pcall
-local tostring, tonumber, type, error = tostring, tonumber, type, error
+local tostring, type, error = tostring, type, error
 local t_concat, t_unpack, t_move, t_sort = table.concat, table.unpack, table.move, table.sort
-local t_insert, t_remove, tointeger, mtype, select = table.insert, table.remove, math.tointeger, math.type, select
+local t_insert, t_remove, select = table.insert, table.remove, select
 local BYTE_DIV, ITEM_DIV = @BYTE_DIV@, @ITEM_DIV@
-
-local function int(v, default)
-  if v == nil then return default end
-  if mtype(v) == "integer" then return v end
-  local t = type(v)
-  if t == "number" or t == "string" then
-    local x = tonumber(v)
-    return x and tointeger(x)
-  end
-  return nil
-end
 
 local function len(v)
   local t = type(v)

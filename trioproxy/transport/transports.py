@@ -166,9 +166,9 @@ class Transports:
         return self.tls.reload() if self.tls is not None else False
 
     def receive_backlog(self, now: float) -> float:
-        """Seconds since the busiest UDP socket was last read empty (0 when every socket was just drained):
-        how long datagrams may have waited in the kernel's receive queue."""
-        return max((now - e.last_empty for e in self._udp if e.last_empty), default=0.0)
+        """Seconds the oldest recently read datagram waited in a UDP socket's kernel queue (0 once drained)."""
+        del now
+        return max((e.queue_age for e in self._udp), default=0.0)
 
     def statistics(self) -> TransportStatistics:
         """A snapshot of the counters."""

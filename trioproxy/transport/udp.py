@@ -21,6 +21,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,17 @@ _UNREACHABLE_ERRNOS = frozenset(
 )
 
 Deliver = Callable[[object], None]
+
+_SO_TIMESTAMPNS = 35  # Linux (asm-generic); SCM_TIMESTAMPNS has the same value
+_TS_SPACE = socket.CMSG_SPACE(16)  # struct timespec
+
+
+def _enable_timestamps(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _enable_recverr(sock: socket.socket, family: socket.AddressFamily) -> bool:
@@ -103,9 +115,10 @@ class UDPEndpoint:
         self._unreachable: dict[tuple[str, int], tuple[float, int]] = {}
         self.gate = gate
         self.max_message_size = config.udp_max_message_size
-        # When the receive loop last found the socket empty: a socket that stays non-empty means datagrams
-        # wait in the kernel's queue (the proxy's overload detector reads it, ``Transports.receive_backlog``).
-        self.last_empty = 0.0
+        # How long the first datagram of the last batch waited in the kernel's receive queue (SO_TIMESTAMPNS;
+        # 0 once the socket is read empty): the proxy's overload detector reads it (``Transports.receive_backlog``).
+        self.queue_age = 0.0
+        self._stamped = _enable_timestamps(sock)
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
@@ -136,11 +149,17 @@ class UDPEndpoint:
         max_size = self.max_message_size
         handled = 0
         woke = False
+        stamped = self._stamped
         while True:
             try:
-                data, addr = recvfrom(_RECV_SIZE)
+                if handled == 0 and stamped:
+                    # One datagram per batch is read with its kernel arrival time: the queue's age.
+                    data, ancdata, _flags, addr = sock.recvmsg(_RECV_SIZE, _TS_SPACE)
+                    self._note_age(ancdata)
+                else:
+                    data, addr = recvfrom(_RECV_SIZE)
             except BlockingIOError:
-                self.last_empty = trio.current_time()
+                self.queue_age = 0.0
                 if woke:
                     # Woken with nothing to read: a pending error-queue entry (EPOLLERR) would keep
                     # waking us, so read it out.
@@ -195,6 +214,12 @@ class UDPEndpoint:
             if handled >= _BATCH:
                 handled = 0
                 await trio.lowlevel.checkpoint()
+
+    def _note_age(self, ancdata: list[tuple[int, int, bytes]]) -> None:
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= 16:
+                sec, nsec = struct.unpack_from("=qq", payload)
+                self.queue_age = max(0.0, time.time() - sec - nsec * 1e-9)
 
     def _refuse(self, data: bytes, addr: tuple[Any, ...], verdict: Verdict) -> None:
         # A blocked source: dropped, or answered 503 to its source address (never to its Via, which could
