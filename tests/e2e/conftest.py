@@ -169,6 +169,13 @@ class ProxyRun:
         return f"{HOST}:{self.port}"
 
     def log(self) -> str:
+        """The proxy's whole log (it runs at DEBUG here, so a tail would lose what tests look for)."""
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self) -> str:
         return _tail(self.stderr_path)
 
     def transaction_lines(self, method: str | None = None) -> list[str]:
@@ -316,7 +323,7 @@ class Lab:
             if proc.poll() is not None:
                 break
             time.sleep(0.05)
-        pytest.fail(f"the proxy did not start (exit {proc.poll()}):\n{run.log()}")
+        pytest.fail(f"the proxy did not start (exit {proc.poll()}):\n{run.log_tail()}")
 
     # -- SIPp --
 
@@ -438,7 +445,7 @@ class Lab:
     # -- verdicts --
 
     def diagnostics(self) -> str:
-        parts = [f"--- proxy {p.address} (exit {p.proc.poll()})\n{p.log()}" for p in self.proxies]
+        parts = [f"--- proxy {p.address} (exit {p.proc.poll()})\n{p.log_tail()}" for p in self.proxies]
         parts += [s.diagnostics() for s in self.sipps]
         return "\n".join(parts)
 
