@@ -277,6 +277,7 @@ class DialogSection:
     max_lifetime: float = 43200.0  # seconds from the INVITE; then the proxy sends BYE to both sides
     check_interval: float = 1.0  # seconds between lifetime checks
     max_dialogs: int = 100_000  # dialogs tracked at once; beyond, dlg_manage returns -1
+    store: str = "memory"  # memory | redis://HOST:PORT/DB[?prefix=NAME:]: profiles shared between instances
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,6 +587,10 @@ def _check_dialog_acc(config: Config, text: str | None, source: str | None) -> N
                        ("dialog.check_interval", config.dialog.check_interval)):
         if value <= 0:
             raise ConfigError(key, "must be positive", _line_of(text, key), source)
+    store = config.dialog.store
+    if not (store == "memory" or store.startswith(("redis://", "rediss://"))):
+        raise ConfigError("dialog.store", f"expected memory or redis://HOST:PORT/DB, got {store!r}",
+                          _line_of(text, "dialog.store"), source)
     both = set(config.dialog.profiles_with_value) & set(config.dialog.profiles_no_value)
     if both:
         raise ConfigError("dialog.profiles_no_value", f"also declared with values: {sorted(both)}",

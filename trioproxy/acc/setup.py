@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from trioproxy.dialog import Dialog, DialogTracker
+from trioproxy.dialog.redis_profiles import RedisProfiles
 from trioproxy.dialog.service import DialogService
 
 from .records import cdr_record
@@ -38,4 +39,7 @@ def build_dialog_acc(config: Any) -> tuple[DialogService, AccService]:
             acc.on_cdr(cdr_record(dialog))
 
     tracker.listeners.append(on_end)
-    return DialogService(store=tracker, check_interval=d.check_interval), acc
+    shared = RedisProfiles.from_url(d.store) if d.store != "memory" else None
+    if shared is not None:
+        tracker.listeners.append(shared.on_end)  # an ended dialog leaves the shared profiles at once
+    return DialogService(store=tracker, check_interval=d.check_interval, shared=shared), acc

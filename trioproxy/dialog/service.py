@@ -7,6 +7,10 @@ requests after their route relayed them). A task ends dialogs older than ``[dial
 was recorded (the parties' Contacts, the Record-Route set without the proxy's own entries, each side's
 next CSeq), in a client transaction of the proxy's own (retransmitted, answered or timed out there).
 
+With ``[dialog] store = "redis://..."`` the service also has ``shared`` (``RedisProfiles``): profile
+membership is written there and ``get_profile_size`` counts there, over every instance using that Redis;
+its task (run by ``run``) writes the removals of the dialogs that end.
+
 The running proxy makes its service current for its tasks (a context variable, as the flood service); code
 that sets none (route tests, ``trioproxy check``) shares one process-wide service.
 """
@@ -28,6 +32,7 @@ from trioproxy.proxy.forward import via_value
 from trioproxy.sip import URI, Request, new_branch
 
 from .fsm import Dialog, EndReason
+from .redis_profiles import RedisProfiles
 from .tracker import Byes, DialogStore, DialogTracker
 
 __all__ = ["DialogService", "current_dialogs", "set_dialogs", "use_dialogs"]
@@ -55,6 +60,7 @@ class DialogService:
     clock: Callable[[], float] = time.time
     check_interval: float = 1.0
     proxy: Any = None  # trioproxy.proxy.Proxy
+    shared: RedisProfiles | None = None  # profiles shared through Redis
     byes_sent: int = 0
     bye_answers: int = 0
     bye_failures: int = 0
@@ -66,7 +72,16 @@ class DialogService:
         return self.proxy.is_myself if self.proxy is not None else None
 
     async def run(self) -> None:
-        """End dialogs past their lifetime, every ``check_interval`` seconds (until cancelled)."""
+        """End dialogs past their lifetime, every ``check_interval`` seconds, and write the shared profiles'
+        removals (until cancelled)."""
+        if self.shared is None:
+            await self._expire_loop()
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.shared.run)
+            await self._expire_loop()
+
+    async def _expire_loop(self) -> None:
         while True:
             await trio.sleep(self.check_interval)
             for dialog, byes in self.store.expire(self.now(), self.is_myself()):

@@ -10,8 +10,8 @@ joins them from the script (``set_dlg_profile``) and leaves all of them the mome
 active dialogs only.
 
 ``DialogStore`` is the interface the routing layer and the proxy use: this memory implementation serves
-one process (all its tasks). Sharing between instances (a Redis store, as the location service has) would
-implement the same interface.
+one process (all its tasks). Between instances, the service mirrors profile membership into Redis
+(``redis_profiles``) and counts there.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class DialogStore(Protocol):
     def unset_profile(self, dialog: Dialog, profile: str, value: str) -> int: ...
     def is_in_profile(self, dialog: Dialog, profile: str, value: str) -> int: ...
     def profile_size(self, profile: str, value: str) -> int | None: ...
+    def profile_key(self, profile: str, value: str) -> str | None: ...
     def dialogs(self) -> list[Dialog]: ...
     def counts(self) -> dict[str, int]: ...
 
@@ -156,9 +157,9 @@ class DialogTracker:
 
     # -- profiles --
 
-    def _value(self, profile: str, value: str) -> str | None:
-        # The key a profile stores: the value for profiles with values, "" for the others; None: undeclared,
-        # or a profile with values used without one.
+    def profile_key(self, profile: str, value: str) -> str | None:
+        """The key a profile stores: the value for profiles with values, "" for the others; None:
+        undeclared, or a profile with values used without one."""
         if profile in self.no_value:
             return ""
         if profile in self.with_value:
@@ -167,7 +168,7 @@ class DialogTracker:
 
     def set_profile(self, dialog: Dialog, profile: str, value: str) -> int:
         """Add an active dialog to a profile: 1, or -1 (undeclared profile, missing value, dialog ended)."""
-        key = self._value(profile, value)
+        key = self.profile_key(profile, value)
         if key is None or not dialog.active:
             return -1
         self._members[profile].setdefault(key, set()).add(dialog)
@@ -176,7 +177,7 @@ class DialogTracker:
 
     def unset_profile(self, dialog: Dialog, profile: str, value: str) -> int:
         """Remove the dialog from a profile: 1, or -1 when it was not in it."""
-        key = self._value(profile, value)
+        key = self.profile_key(profile, value)
         if key is None or (profile, key) not in dialog.profiles:
             return -1
         dialog.profiles.discard((profile, key))

@@ -16,6 +16,12 @@
   or ``"all"`` (the proxy sends one to each side in every case: the dialog ends for both); 1, or -1.
 
 A dialog leaves all its profiles the moment it ends, so ``get_profile_size`` limits concurrent calls.
+
+The profile calls (``set``/``unset_dlg_profile``, ``get_profile_size``) are effects: with ``[dialog] store =
+"redis://..."`` they write and count in Redis, over every instance sharing it, and the route waits for that
+(in a worker thread, never blocking the proxy). Redis unreachable: ``get_profile_size`` returns -1 and
+leaves the pseudo-variable alone; set/unset still update the local dialog. ``is_in_profile`` answers from
+the dialog this instance tracks (it is the only writer of that dialog's membership).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 from typing import Any
 
 from trioproxy.dialog import Dialog, DialogState, EndReason
+from trioproxy.dialog.redis_profiles import member_of
 from trioproxy.dialog.service import current_dialogs
 from trioproxy.sip import Request, Response, SIPError, reason_phrase
 
@@ -45,7 +52,16 @@ __all__ = [
 
 log = logging.getLogger("trioproxy.dialog")
 
-DIALOG_SHIMS: dict[str, str] = {"dlg_bye": "dlg_bye"}
+# Effects: dlg_bye sends BYEs; the profile calls may wait for the shared store (Redis).
+DIALOG_SHIMS: dict[str, str] = {
+    "dlg_bye": "dlg_bye",
+    "set_dlg_profile": "set_dlg_profile",
+    "set_dlg_profile_static": "set_dlg_profile",
+    "unset_dlg_profile": "unset_dlg_profile",
+    "unset_dlg_profile_static": "unset_dlg_profile",
+    "get_profile_size": "get_profile_size",
+    "get_profile_size_static": "get_profile_size_static",
+}
 
 
 def _text(state: RequestState, value: Any) -> str:
@@ -83,24 +99,6 @@ class Dialog_(_Mod):
     def is_known_dlg(self) -> int:
         return 1 if current_dialog(self._st) is not None else -1
 
-    def set_dlg_profile(self, profile: str, value: Any = None) -> int:
-        dialog = current_dialog(self._st)
-        if dialog is None:
-            return -1
-        return current_dialogs().store.set_profile(dialog, str(profile), _text(self._st, value))
-
-    def set_dlg_profile_static(self, profile: str) -> int:
-        return self.set_dlg_profile(profile)
-
-    def unset_dlg_profile(self, profile: str, value: Any = None) -> int:
-        dialog = current_dialog(self._st)
-        if dialog is None:
-            return -1
-        return current_dialogs().store.unset_profile(dialog, str(profile), _text(self._st, value))
-
-    def unset_dlg_profile_static(self, profile: str) -> int:
-        return self.unset_dlg_profile(profile)
-
     def is_in_profile(self, profile: str, value: Any = None) -> int:
         dialog = current_dialog(self._st)
         if dialog is None:
@@ -109,17 +107,6 @@ class Dialog_(_Mod):
 
     def is_in_profile_static(self, profile: str) -> int:
         return self.is_in_profile(profile)
-
-    def get_profile_size(self, profile: str, value: Any, spv: str) -> int:
-        """Store the profile's size in the pseudo-variable ``spv``: 1, or -1 for an undeclared profile."""
-        size = current_dialogs().store.profile_size(str(profile), _text(self._st, value))
-        if size is None:
-            return -1
-        set_pv(self._st, str(spv), size)
-        return 1
-
-    def get_profile_size_static(self, profile: str, spv: str) -> int:
-        return self.get_profile_size(profile, "", spv)
 
     def dlg_set_timeout(self, seconds: Any) -> int:
         dialog = current_dialog(self._st)
@@ -130,6 +117,9 @@ class Dialog_(_Mod):
         if dialog is None or value <= 0:
             return -1
         dialog.lifetime = value
+        service = current_dialogs()
+        if service.shared is not None:
+            service.shared.retime(dialog, service.now())
         return 1
 
 
@@ -144,7 +134,77 @@ async def _dlg_bye(state: RequestState, services: RouteServices, args: tuple[Any
     return 1 if await current_dialogs().bye(dialog) > 0 else -1
 
 
-DIALOG_HANDLERS = {"dlg_bye": _dlg_bye}
+def _arg(args: tuple[Any, ...], i: int) -> Any:
+    return args[i] if len(args) > i else None
+
+
+async def _set_profile(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
+    """``set_dlg_profile(profile[, value])``: 1, or -1 (no managed dialog, undeclared profile...)."""
+    del services
+    dialog = current_dialog(state)
+    if dialog is None:
+        return -1
+    service = current_dialogs()
+    profile, value = str(_arg(args, 0)), _text(state, _arg(args, 1))
+    rc = service.store.set_profile(dialog, profile, value)
+    key = service.store.profile_key(profile, value)
+    if rc == 1 and key is not None and service.shared is not None:
+        await service.shared.add(dialog, profile, key, service.now())
+    return rc
+
+
+async def _unset_profile(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
+    """``unset_dlg_profile(profile[, value])``: 1, or -1 when the dialog was not in it."""
+    del services
+    dialog = current_dialog(state)
+    if dialog is None:
+        return -1
+    service = current_dialogs()
+    profile, value = str(_arg(args, 0)), _text(state, _arg(args, 1))
+    before = set(dialog.profiles)
+    rc = service.store.unset_profile(dialog, profile, value)
+    if rc == 1 and service.shared is not None:
+        await service.shared.remove(member_of(dialog), before - dialog.profiles)
+    return rc
+
+
+async def _profile_size(state: RequestState, profile: Any, value: Any, spv: Any) -> int:
+    """Store the profile's size in ``spv``: 1, or -1 (undeclared profile, shared store unreachable)."""
+    service = current_dialogs()
+    name, text = str(profile), _text(state, value)
+    size = service.store.profile_size(name, text)
+    if size is None:
+        return -1
+    shared = service.shared
+    if shared is not None:
+        by_value = text if text and service.store.profile_key(name, text) == text else None
+        counted = await shared.size(name, by_value, service.now())
+        if counted is None:
+            return -1
+        size = counted
+    set_pv(state, str(spv), size)
+    return 1
+
+
+async def _get_profile_size(state: RequestState, services: RouteServices, args: tuple[Any, ...]) -> int:
+    del services
+    return await _profile_size(state, _arg(args, 0), _arg(args, 1), _arg(args, 2))
+
+
+async def _get_profile_size_static(
+    state: RequestState, services: RouteServices, args: tuple[Any, ...]
+) -> int:
+    del services
+    return await _profile_size(state, _arg(args, 0), "", _arg(args, 1))
+
+
+DIALOG_HANDLERS = {
+    "dlg_bye": _dlg_bye,
+    "set_dlg_profile": _set_profile,
+    "unset_dlg_profile": _unset_profile,
+    "get_profile_size": _get_profile_size,
+    "get_profile_size_static": _get_profile_size_static,
+}
 
 
 # -- what the router feeds the dialogs with (each contained: tracking never breaks a call) --
