@@ -12,7 +12,6 @@ recognise. One proxy serves the whole module.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any, cast
 
 import pytest
 
+from . import udp_peer
 from .conftest import HOST, Lab, ProxyRun, SippRun
 
 pytestmark = pytest.mark.e2e
@@ -170,31 +170,12 @@ def _request(
     ).encode()
 
 
-def _udp_from(source: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((source, 0))
-    return sock
-
-
-def _finals(sock: socket.socket, seconds: float) -> list[str]:
-    """First lines of the final responses received within ``seconds``."""
-    out: list[str] = []
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            line = sock.recv(65535).split(b"\r\n", 1)[0].decode()
-        except TimeoutError:
-            break
-        if not line.startswith("SIP/2.0 1"):
-            out.append(line)
-    return out
 
 
 def _ask(proxy: ProxyRun, source: str, **kw: Any) -> list[str]:
-    with _udp_from(source) as sock:
+    with udp_peer.udp_from(source) as sock:
         sock.sendto(_request(proxy.port, source, sock.getsockname()[1], **kw), (HOST, proxy.port))
-        return _finals(sock, 1.0)
+        return udp_peer.finals(sock, 1.0)
 
 
 def _mgmt_stats(lab: Lab) -> dict[str, object]:
@@ -223,12 +204,12 @@ def test_keepalive_scanner_and_open_relay_answers(kx: tuple[Lab, ProxyRun]) -> N
 
 def test_a_flooding_source_is_banned_beyond_pikes_block(kx: tuple[Lab, ProxyRun]) -> None:
     lab, proxy = kx
-    flooder = _udp_from("127.0.0.5")
+    flooder = udp_peer.udp_from("127.0.0.5")
     sport = flooder.getsockname()[1]
     try:
         for _ in range(4 * DENSITY):
             flooder.sendto(_request(proxy.port, "127.0.0.5", sport), (HOST, proxy.port))
-        answered = _finals(flooder, 1.0)
+        answered = udp_peer.finals(flooder, 1.0)
         assert 0 < len(answered) <= DENSITY + 1, answered
         assert set(answered) == {"SIP/2.0 200 Keepalive"}
         blocked = _mgmt_stats(lab)["pike"]
@@ -237,7 +218,7 @@ def test_a_flooding_source_is_banned_beyond_pikes_block(kx: tuple[Lab, ProxyRun]
         # Pike's block has lifted; the script's "ipban" entry still drops everything from the flooder...
         time.sleep(BLOCK_TIME + 0.5)
         flooder.sendto(_request(proxy.port, "127.0.0.5", sport), (HOST, proxy.port))
-        assert _finals(flooder, 1.0) == []
+        assert udp_peer.finals(flooder, 1.0) == []
     finally:
         flooder.close()
     # ...while the proxy's own address and other sources are answered.

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import pytest
 
+from . import udp_peer
 from .conftest import HOST, Lab, ProxyRun
 
 SCRIPT = Path(__file__).parent / "scripts" / "limits.lua"
@@ -67,22 +68,6 @@ def _options(port: int, source: str, sport: int, *, method: str = "OPTIONS", ext
     ).encode()
 
 
-def _udp_from(source: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((source, 0))
-    return sock
-
-
-def _answers(sock: socket.socket, seconds: float) -> list[bytes]:
-    out: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            out.append(sock.recv(65535))
-        except TimeoutError:
-            break
-    return out
 
 
 def _mgmt_stats(lab: Lab) -> dict[str, object]:
@@ -97,13 +82,13 @@ def test_a_flooding_source_is_blocked_while_others_are_answered_and_the_block_li
     guarded: tuple[Lab, ProxyRun],
 ) -> None:
     lab, proxy = guarded
-    flooder = _udp_from("127.0.0.2")
+    flooder = udp_peer.udp_from("127.0.0.2")
     sport = flooder.getsockname()[1]
     try:
         for _ in range(300):
             flooder.sendto(_options(proxy.port, "127.0.0.2", sport), (HOST, proxy.port))
         blocked_at = time.monotonic()
-        answered = [a for a in _answers(flooder, 1.0) if a.startswith(b"SIP/2.0 200")]
+        answered = [a for a in udp_peer.answers(flooder, 1.0) if a.startswith(b"SIP/2.0 200")]
         # Only what came before the block is answered: the rest is dropped before it is parsed.
         assert 0 < len(answered) <= DENSITY + 1, len(answered)
 
@@ -114,7 +99,7 @@ def test_a_flooding_source_is_blocked_while_others_are_answered_and_the_block_li
 
         # Still blocked: a single request from the flooder gets nothing; the management API lists it.
         flooder.sendto(_options(proxy.port, "127.0.0.2", sport), (HOST, proxy.port))
-        assert _answers(flooder, 0.5) == []
+        assert udp_peer.answers(flooder, 0.5) == []
         pike = _mgmt_stats(lab)["pike"]
         assert isinstance(pike, dict)
         assert [b["source"] for b in pike["blocked"]] == ["127.0.0.2"]
@@ -124,7 +109,7 @@ def test_a_flooding_source_is_blocked_while_others_are_answered_and_the_block_li
         # After block_time the source is answered again.
         time.sleep(max(0.0, blocked_at + BLOCK_TIME + 0.3 - time.monotonic()))
         flooder.sendto(_options(proxy.port, "127.0.0.2", sport), (HOST, proxy.port))
-        again = _answers(flooder, 1.0)
+        again = udp_peer.answers(flooder, 1.0)
         assert any(a.startswith(b"SIP/2.0 200") for a in again), again
     finally:
         flooder.close()
@@ -202,8 +187,8 @@ def test_a_slowloris_connection_is_closed_after_the_message_timeout(guarded: tup
 
 def test_max_breadth_is_honoured_and_set(guarded: tuple[Lab, ProxyRun]) -> None:
     _lab, proxy = guarded
-    sender = _udp_from("127.0.0.6")
-    target = _udp_from(HOST)  # the three branches all go to this socket
+    sender = udp_peer.udp_from("127.0.0.6")
+    target = udp_peer.udp_from(HOST)  # the three branches all go to this socket
     tport = target.getsockname()[1]
     try:
         sport = sender.getsockname()[1]
@@ -212,9 +197,9 @@ def test_max_breadth_is_honoured_and_set(guarded: tuple[Lab, ProxyRun]) -> None:
             f"sip:svc@{HOST}:{proxy.port} SIP".encode(), f"sip:svc@{HOST}:{tport} SIP".encode()
         )
         sender.sendto(request, (HOST, proxy.port))
-        answers = _answers(sender, 1.0)
+        answers = udp_peer.answers(sender, 1.0)
         assert any(a.startswith(b"SIP/2.0 440 ") for a in answers), answers
-        assert _answers(target, 0.2) == []  # nothing was forked
+        assert udp_peer.answers(target, 0.2) == []  # nothing was forked
 
         # Without the header the proxy's own breadth (60) is shared by the three branches.
         request = _options(proxy.port, "127.0.0.6", sport, method="MESSAGE")
@@ -222,7 +207,7 @@ def test_max_breadth_is_honoured_and_set(guarded: tuple[Lab, ProxyRun]) -> None:
             f"sip:svc@{HOST}:{proxy.port} SIP".encode(), f"sip:svc@{HOST}:{tport} SIP".encode()
         )
         sender.sendto(request, (HOST, proxy.port))
-        forked = _answers(target, 1.0)
+        forked = udp_peer.answers(target, 1.0)
         firsts = {f for f in forked if f.startswith(b"MESSAGE ")}
         assert len({f.split(b"branch=")[1][:30] for f in firsts}) == 3, forked
         assert all(b"\r\nMax-Breadth: 20\r\n" in f for f in firsts), forked
