@@ -10,7 +10,8 @@ installed; ``--install`` installs them) it starts the proxy and the SIPp callees
 - the highest rate with fewer than 0.5% failed calls: rates double from ``--step-start`` up to
   ``--max-rate``, then two bisection steps between the last rate passed and the first failed (a step fails
   as well when it takes a quarter longer than planned: the rate was not sustained);
-- the peak resident set of the main process (VmHWM) and the peak PSS summed over all its processes.
+- the peak resident set of the main process (VmHWM) and the peak PSS summed over all its processes, and
+  both again after ``--rest`` seconds without traffic (memory a proxy gives back when the load stops).
 
 Scenarios (``--scenario NAME``, repeatable): ``call-fixed`` (calls with Record-Route to a fixed next hop),
 ``call-lookup`` (calls to 1,000 registered users, registrar lookup), ``relay`` (a script that only relays),
@@ -39,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from bench_measure import MemorySampler, peak_rss_kib, sipp_counters
+from bench_measure import MemorySampler, peak_rss_kib, process_tree, pss_kib, sipp_counters
 from bench_overload import OverloadResult, measure_overload, overload_rows
 from bench_servers import (
     PROXIES,
@@ -51,7 +52,7 @@ from bench_servers import (
 )
 from bench_sipp import BudgetExceeded, Load, run_load
 
-from trioproxy.testing.processes import HOST, free_port
+from trioproxy.testing.processes import HOST, free_port, rss_kib
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class Run:
     peak_pss_kib: int = 0
     fixed_rss_main_kib: int = 0  # over the fixed-rate loads only: the same load for every proxy
     fixed_pss_kib: int = 0
+    rest_seconds: float = 0.0  # --rest: idle time after the fixed-rate loads before the figures below
+    rest_rss_main_kib: int = 0
+    rest_pss_kib: int = 0
     processes: int = 0
     callee_calls: dict[str, int] = field(default_factory=dict)  # calls each callee completed, by scenario
     overload: OverloadResult | None = None  # --overload
@@ -157,6 +161,7 @@ class LoadFn:
         load = run_load(
             self.workdir, f"load{self.count:02d}-{rate}", xml, self.port, self.workdir / csv_name,
             rate, seconds, self.proxy.pid, self.args.deadline, self.keys,
+            "un" if self.args.uac_sockets == "per-call" or (self.args.uac_sockets == "auto" and self.args.workers > 1) else "u1",
         )
         if self.proxy.proc.poll() is not None:
             raise RuntimeError(f"{self.proxy.name} exited with status {self.proxy.proc.returncode} during a load")
@@ -208,6 +213,10 @@ def run_scenario(args: argparse.Namespace, scn: Scenario, proxy_name: str, root:
                         time.sleep(0.5)
                     memory.sample()
                     run.fixed_rss_main_kib, run.fixed_pss_kib = peak_rss_kib(proxy.pid), memory.peak_pss_kib
+                    time.sleep(args.rest)  # memory comes back toward its idle size once the load stops
+                    run.rest_seconds = args.rest
+                    run.rest_rss_main_kib = rss_kib(proxy.pid)
+                    run.rest_pss_kib = sum(pss_kib(pid) for pid in process_tree(proxy.pid))
                     if args.max_rate > 0:
                         find_max_rate(args, load, run)
             finally:
@@ -244,9 +253,14 @@ def _rows(runs: dict[str, Run], rates: list[int]) -> list[tuple[str, dict[str, f
         rows.append((f"{what} p95 ms @{rate}/s", {p: f.p95_ms for p, f in loads.items()}, 2))
         failed = {p: 100.0 * f.failed / max(1, f.created, f.rate * f.seconds) for p, f in loads.items()}
         rows.append((f"failed % @{rate}/s", dict(failed), 2))
+        rows.append((f"unexpected msgs @{rate}/s", {p: f.unexpected for p, f in loads.items()}, 0))
+        rows.append((f"180 after 200 @{rate}/s", {p: f.reordered for p, f in loads.items()}, 0))
     at = "@" + ",".join(str(r) for r in rates) + "/s"
     rows.append((f"peak RSS main MB {at}", {p: r.fixed_rss_main_kib / 1024 or None for p, r in runs.items()}, 1))
     rows.append((f"peak PSS sum MB {at}", {p: r.fixed_pss_kib / 1024 or None for p, r in runs.items()}, 1))
+    rest = f"{max(r.rest_seconds for r in runs.values()):g} s after the load"
+    rows.append((f"RSS main MB {rest}", {p: r.rest_rss_main_kib / 1024 or None for p, r in runs.items()}, 1))
+    rows.append((f"PSS sum MB {rest}", {p: r.rest_pss_kib / 1024 or None for p, r in runs.items()}, 1))
     if any(r.steps for r in runs.values()):
         rows.append(("peak RSS main MB, whole run", {p: r.peak_rss_main_kib / 1024 or None for p, r in runs.items()}, 1))
         rows.append(("peak PSS sum MB, whole run", {p: r.peak_pss_kib / 1024 or None for p, r in runs.items()}, 1))
@@ -302,12 +316,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-seconds", type=int, default=5, help="length of each stepping load (default 5)")
     p.add_argument("--quick", action="store_true", help="a few seconds of every scenario at a low rate")
     p.add_argument("--proxy", action="append", choices=PROXIES, help="repeatable; default both")
-    p.add_argument("--workers", type=int, default=1, help="proxy worker processes (Kamailio children)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="trioproxy worker processes (run --workers N), Kamailio children=N"
+    )
+    p.add_argument(
+        "--uac-sockets", choices=["auto", "one", "per-call"], default="auto",
+        help="the SIPp caller sends from one socket, or each call from its own (auto: per call with --workers > 1)",
+    )
     p.add_argument("--kamailio-shm", type=int, default=256, help="Kamailio shared memory in MB (default 256)")
     p.add_argument("--overload", action="store_true", help="offer twice the capacity (see bench_overload.py)")
     p.add_argument("--capacity", type=int, help="--overload: calls/s taken as capacity (default: found by stepping)")
     p.add_argument("--overload-seconds", type=int, default=20, help="--overload: seconds of 2x load (default 20)")
-    p.add_argument("--rest", type=float, default=10.0, help="--overload: seconds idle before the last RSS")
+    p.add_argument("--rest", type=float, default=10.0, help="seconds idle after the load before the last RSS (default 10)")
     p.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run (default 900)")
     p.add_argument("--json", type=Path, help="write every result to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, SIPp files)")
@@ -332,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.install and install_kamailio() != 0:
         return 1
-    if args.workers != 1:
-        print("bench: --workers: not yet supported (trioproxy run has no --workers); both run one worker")
-        args.workers = 1
+    if args.workers < 1:
+        print("bench: --workers: at least 1", file=sys.stderr)
+        return 2
     proxies = args.proxy or list(PROXIES)
     if "kamailio" in proxies and not kamailio_available():
         print("bench: Kamailio with app_lua is not installed (scripts/bench --install): trioproxy only")

@@ -115,7 +115,7 @@ def sipp_counters(stat_file: Path) -> dict[str, str]:
 
 def start_proxy(args: argparse.Namespace, workdir: Path, port: int) -> subprocess.Popen[bytes]:
     proxy_out = workdir / "proxy.out"
-    cmd = [sys.executable, "-m", "trioproxy", "run", "--listen", f"udp:{HOST}:{port}"]
+    cmd = [sys.executable, "-m", "trioproxy", "run", "--workers", "1", "--listen", f"udp:{HOST}:{port}"]
     cmd += ["--listen", f"tcp:{HOST}:{port}", "--log-level", args.log_level]
     cmd += ["--script", args.script, "--mgmt", f"{HOST}:{free_port()}"]
     with open(proxy_out, "wb") as out, open(workdir / "proxy.err", "wb") as err:

@@ -119,7 +119,7 @@ def start_proxy(workdir: Path, location: str, log_level: str) -> tuple[subproces
     port, mgmt = free_port(), f"{HOST}:{free_port()}"
     config = workdir / "proxy.toml"
     config.write_text("[proxy]\ndrain_time = 0.2\n\n[routing]\nwatch = false\n")
-    cmd = [sys.executable, "-m", "trioproxy", "run", "-c", str(config), "--listen", f"udp:{HOST}:{port}"]
+    cmd = [sys.executable, "-m", "trioproxy", "run", "--workers", "1", "-c", str(config), "--listen", f"udp:{HOST}:{port}"]
     cmd += ["--mgmt", mgmt, "--location", location, "--log-level", log_level]
     out_path = workdir / "proxy.out"
     with open(out_path, "wb") as out, open(workdir / "proxy.err", "wb") as err:

@@ -1,7 +1,7 @@
 """The proxies and SIPp peers ``scripts/bench`` starts, each on 127.0.0.1 and stopped by its PID.
 
 ``start_proxy`` renders the route script from ``bench/`` (markers ``@MODE@``, ``@UAS1@``, ``@UAS2@``) and
-starts trioproxy (``python -m trioproxy run``, one UDP listener, no management API) or Kamailio in the
+starts trioproxy (``python -m trioproxy run --workers N``, one UDP listener, no management API) or Kamailio in the
 foreground (``kamailio -DD -E`` with ``bench/kamailio.cfg``, its own runtime directory and PID file).
 ``Started.stop`` stops the process tree it recorded: SIGTERM to the main PID, then SIGKILL to whatever
 of that tree is left (checked by start time, so a reused PID is never touched).
@@ -129,7 +129,7 @@ def start_proxy(
     lua = render(BENCH_DIR / script, workdir / f"{proxy}-{script}", values)
     out = open(workdir / f"{proxy}.log", "ab")
     if proxy == "trioproxy":
-        cmd = [sys.executable, "-m", "trioproxy", "run", "--listen", f"udp:{HOST}:{port}"]
+        cmd = [sys.executable, "-m", "trioproxy", "run", "--workers", str(children), "--listen", f"udp:{HOST}:{port}"]
         cmd += ["--script", str(lua), "--mgmt", "", "--log-level", "warning"]
     else:
         rundir = workdir / "kamailio-run"
@@ -146,6 +146,9 @@ def start_proxy(
     started = Started(proxy, proc)
     try:
         wait_for(lambda: port_is_bound(port, "udp"), 30, f"{proxy} listening on {port}", started)
+        if proxy == "trioproxy" and children > 1:  # the supervisor says so once every worker is ready
+            log = workdir / f"{proxy}.log"
+            wait_for(lambda: "workers ready" in log.read_text(errors="replace"), 30, f"{children} workers", started)
         time.sleep(1.0 if proxy == "trioproxy" else 0.3)  # imports and forks settle
         if proc.poll() is not None:
             raise RuntimeError(f"{proxy} exited with status {proc.returncode}")

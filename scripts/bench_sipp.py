@@ -10,6 +10,7 @@ SIPp's response time 1 (``-trace_rtt``, whole milliseconds) when that log is mis
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -51,6 +52,10 @@ class Load:
     cpu_s_per_1000: float | None
     median_ms: float | None
     p95_ms: float | None
+    # SIPp aborts a call on a message its scenario does not expect at that point (-trace_err): "reordered" are
+    # provisional responses read after the final one (a 180 overtaken by its 200).
+    unexpected: int = 0
+    reordered: int = 0
 
     @property
     def passed(self) -> bool:
@@ -68,8 +73,12 @@ def run_load(
     proxy_pid: int,
     deadline: float,
     keys: dict[str, str],
+    transport: str = "u1",
 ) -> Load:
-    """SIPp sends ``rate * seconds`` calls of ``bench/<scenario>`` to 127.0.0.1:``proxy_port``."""
+    """SIPp sends ``rate * seconds`` calls of ``bench/<scenario>`` to 127.0.0.1:``proxy_port``.
+
+    ``transport``: SIPp's ``-t``; ``u1`` sends every call from one socket, ``un`` each call from a socket of
+    its own (so that SO_REUSEPORT spreads the calls over a proxy's workers, as many phones would)."""
     planned = rate * seconds
     timeout = seconds * 1.5 + RECV_TIMEOUT_MS / 1000 + 10
     if time.monotonic() + timeout > deadline:
@@ -80,11 +89,13 @@ def run_load(
     shutil.copyfile(BENCH_DIR / scenario, xml)
     stat_file = run_dir / "stat.csv"
     cmd = ["sipp", "-sf", str(xml), "-inf", str(csv_file), f"{HOST}:{proxy_port}", "-i", HOST]
-    cmd += ["-p", str(free_port()), "-t", "u1", "-r", str(rate), "-m", str(planned), "-l", str(max(50, rate * 3))]
+    cmd += ["-p", str(free_port()), "-t", transport, "-r", str(rate), "-m", str(planned), "-l", str(max(50, rate * 3))]
     cmd += ["-nostdin", "-nd", "-trace_stat", "-stf", str(stat_file), "-fd", "1", "-trace_rtt", "-rtt_freq", "1"]
     cmd += ["-recv_timeout", str(RECV_TIMEOUT_MS), "-timeout", f"{timeout:.0f}s", "-trace_err"]
     cmd += ["-error_file", str(run_dir / "errors.log"), "-max_recv_loops", "10000", "-timer_resol", "1"]
     cmd += ["-trace_logs", "-log_file", str(run_dir / "rtt.log")]
+    if transport == "un":
+        cmd += ["-max_socket", "4096"]  # below the open-file limit; calls at once are bounded by -l anyway
     for key, value in keys.items():
         cmd += ["-key", key, value]
     before = tree_cpu_seconds(process_tree(proxy_pid))
@@ -106,6 +117,7 @@ def run_load(
     if not rtts:  # SIPp's own response times, in whole milliseconds
         rtts = [t for rtt in run_dir.glob("*_rtt.csv") for t in read_rtt_file(rtt)]
     median, p95 = percentile(rtts, 50), percentile(rtts, 95)
+    unexpected, reordered = count_unexpected(run_dir / "errors.log")
     return Load(
         rate=rate,
         seconds=seconds,
@@ -119,4 +131,20 @@ def run_load(
         cpu_s_per_1000=round(cpu * 1000 / created, 3) if created else None,
         median_ms=None if median is None else round(median, 3),
         p95_ms=None if p95 is None else round(p95, 3),
+        unexpected=unexpected,
+        reordered=reordered,
     )
+
+
+_UNEXPECTED = re.compile(r"while expecting '([^']*)'[^,]*, received '([^\r\n]*)")
+
+
+def count_unexpected(error_file: Path) -> tuple[int, int]:
+    """(messages SIPp did not expect, of which provisional responses after the final one) in its error log."""
+    try:
+        text = error_file.read_text(errors="replace")
+    except OSError:
+        return 0, 0
+    found = [(m.group(1), m.group(2)) for m in _UNEXPECTED.finditer(text)]
+    reordered = sum(1 for _expected, got in found if got.startswith("SIP/2.0 1"))
+    return len(found), reordered

@@ -97,7 +97,7 @@ class Proxy:
     def start(self) -> None:
         self.runs += 1
         out = self.workdir / f"proxy{self.runs}.out"
-        args = [sys.executable, "-m", "trioproxy", "run", "--listen", f"udp:{HOST}:{self.port}",
+        args = [sys.executable, "-m", "trioproxy", "run", "--workers", "1", "--listen", f"udp:{HOST}:{self.port}",
                 "--listen", f"tcp:{HOST}:{self.port}", "--mgmt", f"{HOST}:{self.mgmt}", "--script", self.script,
                 "--nameserver", f"{HOST}:{free_port()}", "--log-level", "warning"]  # fmt: skip
         with open(out, "wb") as o, open(self.workdir / f"proxy{self.runs}.err", "wb") as e:

@@ -295,7 +295,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> Report:
     abusers: Abusers | None = None
     try:
         out = workdir / "proxy.out"
-        cmd = [sys.executable, "-m", "trioproxy", "run", "-c", str(config), "--db", db, "--mgmt", mgmt,
+        cmd = [sys.executable, "-m", "trioproxy", "run", "--workers", "1", "-c", str(config), "--db", db, "--mgmt", mgmt,
                "--nameserver", f"{HOST}:{free_port()}", "--log-level", "warning"]  # fmt: skip
         with open(out, "wb") as o, open(workdir / "proxy.err", "wb") as e:
             proxy_proc = subprocess.Popen(cmd, stdout=o, stderr=e, stdin=subprocess.DEVNULL, cwd=workdir)

@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--timer-t1", type=float, metavar="SECONDS", help="RFC 3261 T1 (default 0.5)")
     run.add_argument("--timer-c", type=float, metavar="SECONDS", help="proxy INVITE Timer C (default 180)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the SIP ports ([proxy] workers; 0: one per core; 1: a single process)",
+    )
 
     cfg = sub.add_parser("config", help="check or show a configuration")
     group = cfg.add_mutually_exclusive_group(required=True)
@@ -137,6 +143,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         proxy["listen"] = list(args.listen)
     if args.next_hop:
         proxy["next_hop"] = args.next_hop
+    if args.workers is not None:
+        proxy["workers"] = args.workers
     out: dict[str, dict[str, Any]] = {}
     if proxy:
         out["proxy"] = proxy
@@ -181,9 +189,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from trioproxy.server import serve
+    from trioproxy.workers import WorkerRole, remove_orphaned_rundir, resolve_workers, run_supervisor
 
+    if args.workers is not None and args.workers < 0:
+        print("trioproxy: --workers: 0 (one per core) or more", file=sys.stderr)
+        return 2
+    role = WorkerRole.from_env()
     if args.listen:
         for item in args.listen:
             try:
@@ -191,8 +204,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"trioproxy: --listen: {exc}", file=sys.stderr)
                 return 2
+    overrides = _overrides(args)
+    if role is not None:  # a worker of a supervisor (trioproxy.workers): its management API and store
+        overrides.setdefault("proxy", {})["workers"] = 1
+        overrides["mgmt"] = {"listen": role.mgmt}
+        if role.location is not None:
+            overrides["location"] = {"url": role.location}
     try:
-        config = load_config(args.config, _overrides(args))
+        config = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"trioproxy: config error: {exc}", file=sys.stderr)
         return 2
@@ -201,8 +220,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     def announce(line: str) -> None:
         print(line, flush=True)
 
+    workers = resolve_workers(config.proxy.workers)
+    if role is None and workers > 1:
+        try:
+            return run_supervisor(config, argv, workers, announce)
+        except (OSError, ValueError) as exc:
+            print(f"trioproxy: cannot start: {exc}", file=sys.stderr)
+            return 1
+    own = role.own_listens() if role is not None else []
     try:
-        trio.run(lambda: serve(config, announce=announce))
+        trio.run(lambda: serve(config, announce=announce, own=own))
+        if role is not None:
+            remove_orphaned_rundir(role)
     except ScriptError as exc:
         print(f"trioproxy: route script refused: {exc}", file=sys.stderr)
         return 2
@@ -289,9 +318,10 @@ def _cmd_parse(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(raw)
     if args.command == "run":
-        return _cmd_run(args)
+        return _cmd_run(args, raw)
     if args.command == "config":
         return _cmd_config(args)
     if args.command == "check":

@@ -108,6 +108,10 @@ class ProxySection:
     ws_ping_interval: float = 30.0  # seconds of silence from a WebSocket peer before the proxy pings it (0: never)
     drain_time: float = 30.0  # on SIGTERM: seconds to let requests in flight finish before exiting
     gc_full_interval: float = 600.0  # seconds between full garbage collections (0: never); see server.tune_gc
+    workers: int = 0  # worker processes sharing the SIP ports (0: one per core, os.cpu_count(); see workers.py)
+    # Each worker's own port (its Via and Record-Route): 0 picks free ports at start; N > 0 gives listener k
+    # (in listen order) of worker i the port N + k * workers + i.
+    worker_port_base: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +214,8 @@ class LimitsSection:
 class OverloadSection:
     # Shedding new requests when the proxy falls behind (docs/LIMITS.md, "Overload").
     enabled: bool = True
-    lag_high: float = 0.4  # seconds of event-loop or queue lag at or above which new requests are shed
-    lag_low: float = 0.1  # seconds of lag at or below which shedding eases off fast
+    lag_high: float = 0.1  # seconds of event-loop or queue lag shedding holds the proxy at (at or above: shed)
+    lag_low: float = 0.03  # seconds of lag at or below which shedding eases off fast
     action: str = "503"  # "503" (with Retry-After) or "drop"
     retry_after: int = 2  # seconds, in the 503
     probe_interval: float = 0.01  # seconds between two lag measurements
@@ -421,6 +425,12 @@ def _check(config: Config, text: str | None, source: str | None) -> None:
             parse_listen(item)
         except ValueError as exc:
             raise ConfigError(f"proxy.listen[{i}]", str(exc), _line_of(text, "proxy.listen"), source) from None
+    if config.proxy.workers < 0:
+        raise ConfigError("proxy.workers", "must be 0 (one per core) or more", _line_of(text, "proxy.workers"), source)
+    if not 0 <= config.proxy.worker_port_base <= 65535:
+        raise ConfigError(
+            "proxy.worker_port_base", "must be 0 (free ports) or a port", _line_of(text, "proxy.worker_port_base"), source
+        )
     if not config.proxy.listen:
         raise ConfigError("proxy.listen", "at least one listen address is needed", _line_of(text, "proxy.listen"), source)
     for i, stage in enumerate(config.proxy.fork):

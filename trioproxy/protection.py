@@ -18,6 +18,7 @@ from trioproxy.auth import FailureCounts
 from trioproxy.config import Config
 from trioproxy.flood import FloodGate, PikeConfig, PikeTracker, RateLimiter, Trusted
 from trioproxy.flood.overload import OverloadConfig, OverloadDetector
+from trioproxy.flood.shed import IngressShedder
 from trioproxy.mgmt import MetricFamily, Sample
 from trioproxy.mgmt.metrics import add_metric_source
 from trioproxy.proxy import Proxy
@@ -105,10 +106,13 @@ class Protection:
         proxy.max_breadth = limits.max_breadth
         ov = self.config.overload
         if ov.enabled:
-            proxy.overload = OverloadDetector(OverloadConfig(lag_high=ov.lag_high, lag_low=ov.lag_low))
+            detector = OverloadDetector(OverloadConfig(lag_high=ov.lag_high, lag_low=ov.lag_low))
+            proxy.overload = detector
             proxy.overload_action = ov.action
             proxy.overload_retry_after = ov.retry_after
             proxy.overload_probe_interval = ov.probe_interval
+            # UDP requests are decided at the ingress on their raw bytes; the core decides for the others.
+            self.gate.shedder = IngressShedder(detector, action=ov.action, retry_after=ov.retry_after)
         self.proxy = proxy
         self.transports = transports
 
@@ -149,7 +153,9 @@ class Protection:
             "lag_seconds": round(detector.lag, 6),
             "peak_lag_seconds": round(st.peak_lag, 6),
             "shed": st.shed,
+            "absorbed": st.absorbed,
             "episodes": st.episodes,
+            "remembered_branches": len(self.gate.shedder) if self.gate.shedder is not None else 0,
         }
 
     def metric_families(self) -> Iterable[MetricFamily]:
@@ -181,6 +187,9 @@ class Protection:
                 yield MetricFamily.single("trioproxy_overload_level", "gauge",
                                           "Share of new requests refused now (0: not overloaded)",
                                           detector.level)  # fmt: skip
+                yield MetricFamily.single("trioproxy_overload_absorbed", "counter",
+                                          "Retransmissions of refused requests and ACKs of their 503s, absorbed",
+                                          detector.stats.absorbed)  # fmt: skip
                 yield MetricFamily.single("trioproxy_overload_episodes", "counter",
                                           "Times the proxy started shedding", detector.stats.episodes)  # fmt: skip
 

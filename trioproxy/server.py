@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -17,7 +17,7 @@ import watchfiles
 from trioproxy import sdnotify
 from trioproxy.acc import set_acc
 from trioproxy.acc.setup import build_dialog_acc
-from trioproxy.config import Config, parse_hostport
+from trioproxy.config import Config, ListenSpec, parse_hostport
 from trioproxy.dialog.service import set_dialogs
 from trioproxy.dispatcher.runtime import DispatcherRuntime
 from trioproxy.faults import contain
@@ -192,10 +192,15 @@ async def serve(
     *,
     router: Router | None = None,
     announce: Callable[[str], None] = print,
+    own: Sequence[ListenSpec] = (),
     task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the proxy until SIGINT/SIGTERM (or cancellation)."""
+    """Run the proxy until SIGINT/SIGTERM (or cancellation).
+
+    ``own``: in a worker of ``trioproxy run --workers N`` (``trioproxy.workers``), its own listeners; the
+    configured ones are then bound with SO_REUSEPORT, shared with the other workers."""
     listens = [Listen(s.transport, s.host, s.port) for s in config.listens]
+    own_listens = [Listen(s.transport, s.host, s.port) for s in own]
     protection = Protection.start(config)
     set_rtpengine(build_rtpengine(config))  # for the tasks started from here on (the routes' effects)
     dialogs, acc = build_dialog_acc(config)
@@ -207,8 +212,10 @@ async def serve(
     if trunk_table is not None:
         trunk_table.load_sync()
     dispatcher = DispatcherRuntime.start(config.dispatcher, config.db.url)  # KSR.dispatcher of the routes
-    tconfig = dataclasses.replace(transport_config(config), handshake_timeout=config.tls.handshake_timeout)
-    transports = Transports(listens, tconfig, gate=protection.gate, tls=build_tls(config))
+    tconfig = dataclasses.replace(
+        transport_config(config), handshake_timeout=config.tls.handshake_timeout, reuse_port=bool(own_listens)
+    )
+    transports = Transports(listens, tconfig, gate=protection.gate, tls=build_tls(config), own=own_listens)
     timers = Timers(t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4, timer_c=config.timers.timer_c)
     locator = build_locator(config)
     operator = OperatorRuntime.start(config)
@@ -244,6 +251,10 @@ async def serve(
             nursery.start_soon(_background, "purger", run_purger, store, config.location.purge_interval)
             nursery.start_soon(_background, "operator_tables", operator.run)
             nursery.start_soon(_background, "loop_lag", lag.run)
+            if own_listens:  # a worker: it drains when its supervisor is gone
+                from trioproxy.workers import watch_supervisor
+
+                nursery.start_soon(_background, "supervisor_watch", watch_supervisor)
             nursery.start_soon(_background, "dialogs", dialogs.run)
             nursery.start_soon(_background, "acc_db", acc.run)
             if config.proxy.gc_full_interval > 0:

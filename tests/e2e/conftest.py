@@ -163,6 +163,7 @@ class ProxyRun:
     port: int
     proc: subprocess.Popen[bytes]
     stderr_path: Path
+    stdout_path: Path | None = None  # what it announced: listeners, management API, workers
 
     @property
     def address(self) -> str:
@@ -276,12 +277,14 @@ class Lab:
         timer_c: float | None = None,
         extra_args: Sequence[str] = (),
         config_extra: str = "",
+        workers: int = 1,
     ) -> ProxyRun:
         """Start ``trioproxy run`` on a free port (UDP and TCP) and wait for its listening lines.
 
         ``script`` goes to the configuration's ``routing.script`` (``"none"``: the proxy core with its static
         router, which ``fork`` needs; None: the proxy's default, the embedded Lua script). ``settings`` adds
-        configuration keys by section, e.g. ``{"registrar": {"enabled": False}}``.
+        configuration keys by section, e.g. ``{"registrar": {"enabled": False}}``. ``workers``: worker
+        processes (``--workers``; 1, the default here, runs the single process every other test expects).
         """
         port = free_port()
         n = len(self.proxies)
@@ -305,6 +308,7 @@ class Lab:
         args += ["--listen", f"udp:{HOST}:{port}", "--listen", f"tcp:{HOST}:{port}", "--log-level", "debug"]
         # The management API on a port of its own choosing: the default 127.0.0.1:9060 may be taken.
         args += ["--mgmt", f"{HOST}:0"]
+        args += ["--workers", str(workers)]
         if timer_t1 is not None:
             args += ["--timer-t1", str(timer_t1)]
         if timer_c is not None:
@@ -314,7 +318,7 @@ class Lab:
         stdout_path = self.workdir / f"proxy{n}.out"
         with open(stderr_path, "wb") as err, open(stdout_path, "wb") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.workdir)
-        run = ProxyRun(port, proc, stderr_path)
+        run = ProxyRun(port, proc, stderr_path, stdout_path)
         self.proxies.append(run)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

@@ -108,3 +108,67 @@ def test_new_invites_get_503_with_retry_after_while_an_in_dialog_bye_passes(lab:
     finally:
         callee.close()
         caller.close()
+
+
+FLOOD = 2500  # new INVITEs sent as fast as one socket can: far more than the proxy handles in a second
+RECOVERY_TRIES = 60  # fresh INVITEs, RECOVERY_PAUSE apart, at most before one must be relayed again
+RECOVERY_PAUSE = 0.25
+
+
+def test_a_flood_is_shed_in_dialog_requests_pass_and_it_recovers_by_itself(lab: Lab) -> None:
+    callee = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for sock in (callee, caller, flooder):
+            sock.bind((HOST, 0))
+        flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        callee_uri = f"sip:bob@{HOST}:{callee.getsockname()[1]}"
+        settings = {**CORE["settings"], "overload": {"lag_high": 0.05, "lag_low": 0.01, "retry_after": 5}}
+        proxy = lab.proxy(script="none", fork=[[callee_uri]], settings=cast(Any, settings))
+        dest = (HOST, proxy.port)
+        ruri = f"sip:bob@{HOST}:{proxy.port}"
+        fport = flooder.getsockname()[1]
+        for n in range(FLOOD):
+            flooder.sendto(_request("INVITE", ruri, fport, call_id=f"flood-{n}"), dest)
+
+        # In the middle of the flood a call in progress goes on: its BYE is relayed and its 200 comes back.
+        sport = caller.getsockname()[1]
+        bye_id = f"dialog-{uuid.uuid4().hex[:8]}"
+        caller.sendto(_request("BYE", callee_uri, sport, call_id=bye_id, to_tag="b1"), dest)
+        forwarded = _receive(callee, f"Call-ID: {bye_id}", 20.0)
+        assert forwarded is not None and forwarded.startswith("BYE "), proxy.log()
+        head = forwarded.split("\r\n\r\n", 1)[0].split("\r\n")
+        names = ("via:", "v:", "from:", "to:", "call-id:", "cseq:")
+        keep = "\r\n".join(ln for ln in head[1:] if ln.lower().startswith(names))
+        callee.sendto(f"SIP/2.0 200 OK\r\n{keep}\r\nContent-Length: 0\r\n\r\n".encode(), dest)
+        assert _final_status(caller, bye_id) == 200, proxy.log()
+
+        # Part of the flood was refused at once with 503 + Retry-After.
+        refused = 0
+        flooder.settimeout(2.0)
+        try:
+            while True:
+                got = flooder.recv(65535).decode(errors="replace")
+                if got.startswith("SIP/2.0 503 ") and _header(got, "Retry-After") == "5":
+                    refused += 1
+        except TimeoutError:
+            pass
+        assert refused > 0, proxy.log()
+
+        # When the flood is over the proxy recovers by itself: a new INVITE is relayed (100 Trying), not refused.
+        recovered = False
+        for n in range(RECOVERY_TRIES):
+            call_id = f"after-{n}-{uuid.uuid4().hex[:8]}"
+            caller.sendto(_request("INVITE", ruri, sport, call_id=call_id), dest)
+            answer = _receive(caller, f"Call-ID: {call_id}")
+            assert answer is not None, proxy.log()
+            if answer.startswith("SIP/2.0 100 "):
+                recovered = True
+                break
+            time.sleep(RECOVERY_PAUSE)
+        assert recovered, f"still refusing after {RECOVERY_TRIES} tries\n{proxy.log()}"
+    finally:
+        callee.close()
+        caller.close()
+        flooder.close()

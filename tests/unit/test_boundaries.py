@@ -15,7 +15,7 @@ from tests.unit.test_mgmt_support import http, starter
 from tests.unit.transport_support import TIMEOUT, serving
 from trioproxy.faults import INTERNAL_ERRORS
 from trioproxy.proxy import Proxy, StaticRouter, Target
-from trioproxy.proxy.context import RequestContext
+from trioproxy.proxy.branch import Branch
 from trioproxy.proxy.forward import prepare_branch
 from trioproxy.proxy.validate import check_request
 from trioproxy.sip import Address, Request, parse_message_untrusted, parse_uri_untrusted
@@ -96,7 +96,7 @@ async def test_request_task_fault_is_a_500(
 async def test_branch_task_fault_ends_the_branch_with_500(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, counted: Callable[[str], int]
 ) -> None:
-    monkeypatch.setattr("trioproxy.proxy.context.prepare_branch", fail_once(prepare_branch))
+    monkeypatch.setattr("trioproxy.proxy.branch.prepare_branch", fail_once(prepare_branch))
     async with running_proxy(forward_to_a()) as (_proxy, net):
         await net.inject(invite(call_id="branch-fault"), CALLER)
         await net.wait_for(lambda s: s.msg.call_id == "branch-fault" and getattr(s.msg, "status", 0) == 500)
@@ -107,17 +107,26 @@ async def test_branch_task_fault_ends_the_branch_with_500(
         assert finals_up(net, "branch-fault") == {500}
 
 
-async def test_branch_fault_escaping_as_exception_group_is_handled_by_the_request(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, counted: Callable[[str], int]
+@pytest.mark.parametrize("forked", [False, True], ids=["one-target", "forked"])
+async def test_branch_fault_escaping_its_boundary_is_handled_by_the_request(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    counted: Callable[[str], int],
+    forked: bool,
 ) -> None:
-    # Even the branch boundary's own handling fails: the stage nursery raises an ExceptionGroup.
-    monkeypatch.setattr("trioproxy.proxy.context.prepare_branch", fail_once(prepare_branch))
+    # Even the branch boundary's own handling fails: the fault leaves the branch (run in the request's task
+    # for one target; for a fork, the stage nursery raises an ExceptionGroup).
+    monkeypatch.setattr("trioproxy.proxy.branch.prepare_branch", fail_once(prepare_branch))
 
-    async def broken(self: Proxy, ctx: RequestContext, branch: Any, exc: Exception) -> None:
+    async def broken(self: Branch, exc: Exception) -> None:
         raise Boom("the boundary's handler failed too") from exc
 
-    monkeypatch.setattr(Proxy, "branch_failed", broken)
-    async with running_proxy(forward_to_a()) as (_proxy, net):
+    monkeypatch.setattr(Branch, "_failed", broken)
+    b = Address("udp", "127.0.0.12", 5060)
+    targets = [Target(parse_uri_untrusted(f"sip:bob@{A.host}:{A.port}"))]
+    if forked:
+        targets.append(Target(parse_uri_untrusted(f"sip:bob@{b.host}:{b.port}")))
+    async with running_proxy(StaticRouter(stages=[targets])) as (_proxy, net):
         await net.inject(invite(call_id="group-fault"), CALLER)
         await net.wait_for(lambda s: s.msg.call_id == "group-fault" and getattr(s.msg, "status", 0) == 500)
         assert counted("request") == 1
@@ -127,7 +136,7 @@ async def test_branch_fault_escaping_as_exception_group_is_handled_by_the_reques
 async def test_dispatcher_fault_answers_500_and_goes_on(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, counted: Callable[[str], int]
 ) -> None:
-    monkeypatch.setattr("trioproxy.proxy.core.stamp_via", fail_once(stamp_via))
+    monkeypatch.setattr("trioproxy.proxy.dispatcher.stamp_via", fail_once(stamp_via))
     async with running_proxy(forward_to_a()) as (_proxy, net):
         await net.inject(invite(call_id="dispatch-fault"), CALLER)
         await net.wait_for(lambda s: s.msg.call_id == "dispatch-fault" and getattr(s.msg, "status", 0) == 500)

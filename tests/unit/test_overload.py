@@ -54,32 +54,88 @@ def test_one_late_sample_is_not_overload() -> None:
 
 
 def test_sustained_lag_raises_shedding_until_all_new_requests_are_refused() -> None:
-    det = OverloadDetector(OverloadConfig(lag_high=0.05, lag_low=0.01, rise=2.0, fall=0.5))
-    now = feed(det, 0.1, 0.0, 0.25)
+    det = OverloadDetector()  # lag_high 0.1
+    now = feed(det, 0.12, 0.0, 0.6)
     first = det.level
     assert 0.0 < first < 1.0 and det.overloaded and det.stats.episodes == 1
     assert shed_share(det) == pytest.approx(first, abs=0.002)
-    feed(det, 0.1, now, 1.0)
+    feed(det, 0.12, now, 1.0)
     assert det.level == 1.0 and shed_share(det) == 1.0
 
 
+def test_a_growing_queue_raises_the_level_at_once_a_draining_one_lowers_it_at_once() -> None:
+    det = OverloadDetector(OverloadConfig(lag_high=0.1, lag_low=0.03, rise=8.0, proportional=4.0))
+    now = feed(det, 0.12, 0.0, 0.6)
+    level = det.level
+    assert 0.0 < level < 0.5
+    det.sample(0.2, now + 0.01)  # the queue's delay grew: the proportional part answers in one sample
+    assert det.level - level == pytest.approx(4.0 * (0.2 - 0.12) + 0.01, abs=0.002)  # (+ fall * dt at least)
+    level = det.level
+    det.sample(0.05, now + 0.02)  # draining under lag_high: lower at once
+    assert level - det.level == pytest.approx(4.0 * (0.2 - 0.05) + 8.0 * 0.05 * 0.01, abs=0.002)
+
+
 def test_under_the_high_threshold_the_level_eases_off_slowly_then_fast_when_the_lag_is_gone() -> None:
-    det = OverloadDetector(OverloadConfig(lag_high=0.05, lag_low=0.01, rise=2.0, fall=0.5))
-    now = feed(det, 0.1, 0.0, 0.6)
+    det = OverloadDetector(OverloadConfig(lag_high=0.1, lag_low=0.03, rise=2.0, proportional=0.0, fall=0.5))
+    now = feed(det, 0.2, 0.0, 3.0)
     level = det.level
-    assert level > 0.5
-    det.sample(0.1, now + 0.11)
-    assert det.level > level  # still overloaded: rises again at once (the onset counts only to start)
-    level, now = det.level, now + 0.11
-    now = feed(det, 0.03, now, 0.4)  # between the thresholds: fall per second
+    assert level == 1.0
+    now = feed(det, 0.05, now, 0.4)  # between the thresholds: rise * (lag - lag_high) per second
     between = level - det.level
-    assert 0.15 <= between <= 0.25
+    assert between == pytest.approx(2.0 * 0.05 * 0.4, abs=0.01)
     level = det.level
-    now = feed(det, 0.001, now, 0.1)  # under lag_low: four times as fast
-    assert level - det.level == pytest.approx(4 * 0.5 * 0.1, abs=0.03)
+    now = feed(det, 0.001, now, 0.2)  # under lag_low: at least fall per second
+    assert level - det.level == pytest.approx(0.5 * 0.2, abs=0.02)
     feed(det, 0.001, now, 3.0)
     assert det.level == 0.0 and shed_share(det) == 0.0  # recovered by itself
     assert det.stats.episodes == 1
+
+
+def simulate(
+    det: OverloadDetector, offered: float, seconds: float, start: float, backlog: float
+) -> tuple[float, float, float, float]:
+    """A server of CAPACITY new calls per second (each brings 1/CAPACITY s of work) offered ``offered`` calls
+    per second, the detector deciding for each and sampling the queue's delay every 10 ms: the admitted rate,
+    the share of time the server was busy, the highest delay after the first second, the end backlog."""
+    step, now, arrivals = 0.01, start, 0.0
+    admitted = busy = 0.0
+    worst = 0.0
+    while now < start + seconds - 1e-9:
+        now += step
+        arrivals += offered * step
+        while arrivals >= 1.0:
+            arrivals -= 1.0
+            if not det.shed():
+                admitted += 1
+                backlog += 1.0 / CAPACITY
+        served = min(backlog, step)
+        busy += served
+        backlog -= served
+        det.sample(backlog, now)
+        if now - start > 1.0:
+            worst = max(worst, backlog)
+    return admitted / seconds, busy / seconds, worst, backlog
+
+
+CAPACITY = 400.0
+
+
+def test_twice_the_capacity_is_shed_to_full_goodput_with_a_short_queue_and_recovers() -> None:
+    det = OverloadDetector()
+    rate, busy, worst, backlog = simulate(det, 2 * CAPACITY, 20.0, 0.0, 0.0)
+    assert 0.9 * CAPACITY <= rate <= 1.02 * CAPACITY  # goodput held near the capacity
+    assert busy >= 0.9  # the server is never left idle for long
+    assert worst < 0.3  # admitted calls wait well under T1 (0.5 s): no retransmissions
+    assert 0.35 <= det.level <= 0.65
+    # The load falls to half the capacity: shedding stops by itself and everything is admitted.
+    rate, busy, worst, backlog = simulate(det, 0.5 * CAPACITY, 5.0, 20.0, backlog)
+    assert det.level == 0.0 and rate == pytest.approx(0.5 * CAPACITY, rel=0.1)
+
+
+def test_ten_times_the_capacity_is_held_too() -> None:
+    det = OverloadDetector()
+    rate, busy, worst, _ = simulate(det, 10 * CAPACITY, 10.0, 0.0, 0.0)
+    assert 0.85 * CAPACITY <= rate <= 1.05 * CAPACITY and busy >= 0.85 and worst < 0.4
 
 
 def test_half_level_refuses_every_other_request() -> None:
@@ -90,9 +146,10 @@ def test_half_level_refuses_every_other_request() -> None:
 
 
 def test_a_long_gap_counts_as_max_gap() -> None:
-    det = OverloadDetector(OverloadConfig(lag_high=0.05, lag_low=0.01, onset=1, rise=1.0, max_gap=0.2))
+    config = OverloadConfig(lag_high=0.05, lag_low=0.01, onset=1, rise=1.0, proportional=0.0, max_gap=0.2)
+    det = OverloadDetector(config)
     det.sample(0.1, 0.0)
-    det.sample(5.0, 5.0)  # the loop stood still for 5 s: bounded step
+    det.sample(0.1, 5.0)  # the loop stood still for 5 s: a bounded step (fall per second of max_gap)
     assert det.level == pytest.approx(0.2)
 
 

@@ -121,9 +121,12 @@ def test_2xx_every_copy_reaches_the_client_tu_and_both_sides_wait_l_and_m() -> N
     link = Link()
     client = link.start(request(), 0.0)
     server = link.server_txn()
-    link.respond(server, make_response(server.request, 200, to_tag="fork-1"), 1.0)
-    link.respond(server, make_response(server.request, 200, to_tag="fork-1"), 1.5)  # TU retransmits
-    link.respond(server, make_response(server.request, 200, to_tag="fork-2"), 2.0)  # another fork
+    invite = server.request
+    assert invite is not None
+    link.respond(server, make_response(invite, 200, to_tag="fork-1"), 1.0)
+    assert server.request is None  # Accepted lingers: the TU keeps what it still needs
+    link.respond(server, make_response(invite, 200, to_tag="fork-1"), 1.5)  # TU retransmits
+    link.respond(server, make_response(invite, 200, to_tag="fork-2"), 2.0)  # another fork
     assert (client.state, server.state) == (State.ACCEPTED, State.ACCEPTED)
     tags = [a.response.to.tag for _, s, a in link.events if isinstance(a, ResponseReceived)]
     assert tags == ["fork-1", "fork-1", "fork-2"]

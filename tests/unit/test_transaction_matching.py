@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_transaction_support import BRANCH, TCP, UDP, UDP_DEST, kinds, request, response
+from tests.unit.test_transaction_support import BRANCH, TCP, UDP, UDP_DEST, kinds, on_wire, request, response
 from trioproxy.sip import Request, SIPError, make_response, parse_message_untrusted
 from trioproxy.transaction import (
     AckReceived,
@@ -135,7 +135,7 @@ def test_cancel_finds_the_invite_and_gets_its_own_transaction() -> None:
     ok = make_response(cancel, 200)
     assert table.respond(cancel_txn, ok, 1.1) == [SendResponse(ok, UDP, cancel_txn)]
     # A retransmitted CANCEL re-sends the 200 and does not reach the TU again.
-    assert table.receive(request("CANCEL"), UDP, 1.5) == [SendResponse(ok, UDP, cancel_txn)]
+    assert on_wire(table.receive(request("CANCEL"), UDP, 1.5)) == on_wire([SendResponse(ok, UDP, cancel_txn)])
     assert table.statistics()["server_non_invite"] == 1
 
 
@@ -183,7 +183,7 @@ def test_rfc_2543_retransmission_and_ack() -> None:
     txn = new_server(table, request(branch=None))
     busy = make_response(txn.request, 486, to_tag="uas")
     table.respond(txn, busy, 0.5)
-    assert table.receive(request(branch=None), UDP, 1.0) == [SendResponse(busy, UDP, txn)]
+    assert on_wire(table.receive(request(branch=None), UDP, 1.0)) == on_wire([SendResponse(busy, UDP, txn)])
     # An ACK with another To tag does not match (17.2.3): it goes up.
     stray_ack = request("ACK", branch=None, to_tag="someone-else")
     assert table.receive(stray_ack, UDP, 1.5) == [AckReceived(stray_ack, UDP)]

@@ -83,6 +83,21 @@ def sends(actions: Iterable[Action]) -> list[Action]:
     return [a for a in actions if isinstance(a, SendRequest | SendResponse)]
 
 
+def on_wire(actions: Iterable[Action]) -> list[tuple[object, ...]]:
+    """Actions with every Send* as (kind, bytes sent, destination or flow, transaction): a lingering
+    transaction resends from the bytes it kept, so a retransmission is the same on the wire, not the same
+    object."""
+    out: list[tuple[object, ...]] = []
+    for a in actions:
+        if isinstance(a, SendRequest):
+            out.append(("SendRequest", a.msg.to_bytes(), a.dest, a.txn))
+        elif isinstance(a, SendResponse):
+            out.append(("SendResponse", a.msg.to_bytes(), a.flow, a.txn))
+        else:
+            out.append((a,))
+    return out
+
+
 def kinds(actions: Iterable[Action]) -> list[str]:
     """Action class names, for compact assertions."""
     return [type(a).__name__ for a in actions]

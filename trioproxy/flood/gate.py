@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass
 
 from .pike import PikeTracker
+from .shed import IngressShedder
 
 __all__ = ["FloodGate", "Verdict"]
 
@@ -33,6 +34,8 @@ class FloodGate:
     tracker: PikeTracker
     enabled: bool = False
     action: str = "drop"  # or "503"
+    # Overload shedding on raw datagrams (trioproxy.flood.shed), consulted by UDP after the pike verdict.
+    shedder: IngressShedder | None = None
 
     @property
     def retry_after(self) -> int:

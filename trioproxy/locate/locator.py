@@ -16,7 +16,6 @@ one ``trio.move_on_after(lifetime)``, in the caller's task: cancelling the calle
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sized
@@ -106,12 +105,19 @@ class Locator:
         param = uri.params.get("transport")
         found: list[Address] = []
         secure = uri.scheme == "sips"
+        if is_ip_address(host):
+            # RFC 3263 4.2: a numeric address needs no lookup (the common next hop: no DNS, no time bound)
+            self._numeric(secure, host, uri.port, param, found)
+            return self._ordered(found, blocked_last)
 
         async def walk() -> None:
             await self._walk(secure, host, uri.port, param, found)
 
         await self._bounded(walk, found, host)
-        targets = list(dict.fromkeys(found))
+        return self._ordered(found, blocked_last)
+
+    def _ordered(self, found: list[Address], blocked_last: bool) -> list[Address]:
+        targets = list(dict.fromkeys(found)) if len(found) > 1 else found
         if blocked_last and self.blocklist is not None:
             targets = self.blocklist.blocked_last(targets, self._now())
         return targets
@@ -157,6 +163,19 @@ class Locator:
         if failure is not None and not found:
             raise LocateError(failure, f"DNS {failure} while locating {name}")
 
+    def _numeric(self, secure: bool, host: str, port: int | None, param: str | None, found: list[Address]) -> None:
+        # RFC 3263 4.2: a numeric IP address needs no lookup
+        enabled = self.config.transports
+        if param is not None:
+            transport = uri_transport(secure, param)
+            if transport is None or transport not in enabled:
+                return  # sips: over UDP, or a transport the proxy cannot send on
+            chosen: str | None = transport
+        else:
+            chosen = default_transport(secure, enabled)
+        if chosen is not None and self._ip_allowed(host):
+            found.append(Address(chosen, host, port or default_port(chosen)))
+
     async def _walk(
         self, secure: bool, host: str, port: int | None, param: str | None, found: list[Address]
     ) -> None:
@@ -167,10 +186,8 @@ class Locator:
             if transport is None or transport not in enabled:
                 return  # sips: over UDP, or a transport the proxy cannot send on
         chosen = transport or default_transport(secure, enabled)
-        # RFC 3263 4.2: a numeric IP address needs no lookup
         if is_ip_address(host):
-            if chosen is not None and self._ip_allowed(host):
-                found.append(Address(chosen, host, port or default_port(chosen)))
+            self._numeric(secure, host, port, param, found)
             return
         # RFC 3263 4.2: with an explicit port, A/AAAA only
         if port is not None:
@@ -240,7 +257,7 @@ class Locator:
         return addresses
 
     def _ip_allowed(self, host: str) -> bool:
-        return self.config.use_ipv6 or ipaddress.ip_address(host).version == 4
+        return self.config.use_ipv6 or ":" not in host  # a literal with a colon is IPv6
 
     # -- one cached query -------------------------------------------------------------------------------
 

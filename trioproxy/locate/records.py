@@ -5,6 +5,7 @@ Nothing here does I/O or reads a clock; randomness comes in as a ``random.Random
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections.abc import Iterable, Sequence
@@ -74,6 +75,7 @@ class NaptrRecord:
     replacement: str
 
 
+@functools.lru_cache(maxsize=4096)
 def is_ip_address(host: str) -> bool:
     """True for an IPv4 or IPv6 literal (no brackets)."""
     try:

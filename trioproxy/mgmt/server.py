@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 import trio
@@ -41,6 +41,12 @@ _RECEIVE_SIZE = 16384
 _SERVER_HEADER = b"trioproxy-mgmt"
 
 
+class Dispatcher(Protocol):
+    """What answers the requests: ``Endpoints`` over a ``MgmtApp``, or a supervisor's ``Aggregator``."""
+
+    async def dispatch(self, method: str, target: str) -> Reply: ...
+
+
 class _Abort(Exception):
     """The connection is over (closed, broken or unusable)."""
 
@@ -50,11 +56,12 @@ class MgmtServer:
 
     def __init__(
         self,
-        app: MgmtApp,
+        app: MgmtApp | None,
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         token: str | None = None,
         *,
+        endpoints: Dispatcher | None = None,
         timeout: float = 10.0,
         max_head: int = 16384,
         max_body: int = 65536,
@@ -62,7 +69,12 @@ class MgmtServer:
         max_requests: int = 1000,
     ) -> None:
         self.host, self.port = host, port
-        self.endpoints = Endpoints(app)
+        # ``endpoints`` replaces the app's routes (a supervisor's aggregator, trioproxy.mgmt.aggregate).
+        if endpoints is None:
+            if app is None:
+                raise ValueError("MgmtServer needs an app or endpoints")
+            endpoints = Endpoints(app)
+        self.endpoints: Dispatcher = endpoints
         self._token = f"Bearer {token}".encode() if token else None
         self.timeout = timeout
         self.max_head, self.max_body = max_head, max_body

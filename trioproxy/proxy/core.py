@@ -1,150 +1,71 @@
-"""The proxy core on trio: the dispatcher, the timer task, and the glue between transactions and requests.
+"""The proxy core on trio: ``Proxy``, the public entry point, and the life of a request up to its route.
 
 Theory of operation
 -------------------
-``Proxy.run`` owns three things in one nursery: the dispatcher (reads messages the transports received,
-feeds them to the sans-IO ``TransactionTable`` and carries out the actions it returns), the timer task (sleeps
-until the table's next deadline and calls ``expire``), and the request nursery, where each new request gets
-one task (``RequestContext``: validation, routing, stages of branches, the best response).
+``Proxy.run`` runs the dispatcher (``trioproxy.proxy.dispatcher``: the transaction table, the timer task,
+overload shedding) inside the request nursery. The dispatcher hands each new server transaction to
+``Proxy.new_request``, which starts one task for it (``_handle_request``, the request's boundary): validation
+(RFC 3261 16.3), draining and limits, then a ``RequestContext`` (``trioproxy.proxy.request``) on which the
+router's request hook runs. The route records its decision through the context's API (reply, relay with
+targets and timers, drop); the core applies it: nothing decided is a 500, a relay runs the stages of
+branches (``trioproxy.proxy.branch``), and the request's end hook runs once with the final status.
 
-Overload: with ``overload`` set (a ``trioproxy.flood.OverloadDetector``), a probe task measures the loop's
-lag every ``overload_probe_interval`` and the dispatcher refuses the share of new out-of-dialog requests the
-detector says (503 with Retry-After through their server transaction, or no answer) before any task or route
-runs for them; in-dialog requests, ACK, CANCEL, responses and retransmissions (absorbed by the table) pass.
+An ACK for a 2xx (or any ACK without a transaction) is routed as a stateless request; a CANCEL gets its 200
+and cancels the INVITE's request (16.10), or is forwarded statelessly when it matches nothing.
 
-Actions that send are carried out by the task that caused them: the dispatcher for retransmissions it
-absorbs, the timer task for timer retransmissions, a branch task for its own request. Responses for a client
-transaction reach the branch that owns it through the transaction's ``user`` slot.
+``Proxy`` implements ``trioproxy.proxy.interfaces.Core``, the narrow interface requests and branches use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import socket
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import trio
 
 from trioproxy.faults import call_id_of, contain
 from trioproxy.flood.overload import OverloadDetector
-from trioproxy.proxy.context import Branch, BranchEvent, RequestContext
-from trioproxy.proxy.forward import (
-    make_branch_id,
-    prepare_branch,
-    preprocess_routes,
-    via_value,
-    ws_destinations,
+from trioproxy.proxy.dispatcher import Dispatcher, MessageTracer, ProxyStats
+from trioproxy.proxy.forward import make_branch_id, prepare_branch, via_value, ws_destinations
+from trioproxy.proxy.interfaces import (
+    BranchEvent,
+    TransactionUser,
+    TransportLike,
+    default_port,
+    simple_locate,
 )
+from trioproxy.proxy.request import RequestContext
 from trioproxy.proxy.router import Router, Target
+from trioproxy.proxy.trace import RequestTrace, TraceRing
 from trioproxy.proxy.validate import check_request, loop_hash
-from trioproxy.sip import (
-    URI,
-    Address,
-    Request,
-    Response,
-    SIPError,
-    make_response,
-    validate_request_untrusted,
-)
+from trioproxy.sip import URI, Address, Request, Response, SIPError, make_response, validate_request_untrusted
 from trioproxy.transaction import (
-    AckReceived,
     CancelReceived,
     ClientTransaction,
-    RequestReceived,
-    ResponseReceived,
-    SendRequest,
-    SendResponse,
     ServerTransaction,
-    StrayResponse,
-    Timeout,
     Timers,
     TransactionTable,
-    TransportFailed,
 )
-from trioproxy.transport import TransportError, stamp_via
+from trioproxy.transport import TransportError
+from trioproxy.transport.types import WS_TRANSPORTS
 
-__all__ = ["MessageTracer", "Proxy", "ProxyStats", "TransactionUser", "TransportLike"]
+__all__ = [
+    "BranchEvent",
+    "MessageTracer",
+    "Proxy",
+    "ProxyStats",
+    "TransactionUser",
+    "TransportLike",
+    "simple_locate",
+]
 
 log = logging.getLogger("trioproxy.proxy")
 
-# After a fault in the timer task, the pause before the next expiry (a deadline that raised may still be due).
-_FAULT_PAUSE = 0.01
-
-_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx")
-
 Locate = Callable[[URI], Awaitable[list[Address]]]
-
-
-class MessageTracer(Protocol):
-    """Logs whole messages of the calls or users being traced (set by the shell; cheap when inactive)."""
-
-    @property
-    def active(self) -> bool: ...
-
-    def message(self, direction: str, msg: Request | Response, peer: object) -> None: ...
-
-
-class TransportLike(Protocol):
-    """What the proxy needs of the transport layer (``trioproxy.transport.Transports`` or a test fake)."""
-
-    incoming: trio.MemoryReceiveChannel[Any]
-
-    async def send_request(self, msg: Request, dest: Address) -> None: ...
-
-    async def send_response(self, msg: Response, flow: Any) -> None:
-        """Also takes ``no_connect=True`` (passed only when set): never open a connection for it."""
-
-    def local_address(self, transport: str, family: socket.AddressFamily = socket.AF_INET) -> Address: ...
-
-    def listen_addresses(self) -> list[Address]: ...
-
-
-class TransactionUser:
-    """The owner of a client transaction the proxy sends on its own behalf (``Proxy.start_client``)."""
-
-    def deliver(self, event: BranchEvent) -> None:
-        """Called by the dispatcher or the timer task (never blocks)."""
-        raise NotImplementedError
-
-
-@dataclass
-class ProxyStats:
-    requests: dict[str, int] = field(default_factory=dict)
-    responses: dict[str, int] = field(default_factory=dict)
-    responses_sent: dict[str, int] = field(default_factory=dict)
-    stray_responses: int = 0
-    malformed: int = 0
-    transactions_handled: int = 0
-    branches: int = 0
-    route_errors: int = 0
-    unanswerable: int = 0  # bad requests dropped: their Via cannot route a response
-
-
-def _default_port(uri: URI) -> int:
-    return 5061 if uri.scheme == "sips" else 5060
-
-
-async def simple_locate(uri: URI) -> list[Address]:
-    """Locate a next hop without DNS service records: numeric hosts, or A/AAAA through the system resolver."""
-    transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
-    port = uri.port or _default_port(uri)
-    host = uri.host
-    try:
-        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
-    except OSError:
-        return []
-    seen: list[Address] = []
-    for info in infos:
-        addr = Address(transport, str(info[4][0]), port)
-        if addr not in seen:
-            seen.append(addr)
-    return seen
 
 
 class Proxy:
@@ -163,20 +84,17 @@ class Proxy:
         self.transports = transports
         self.router = router
         self.timers = timers or Timers()
-        self.table = TransactionTable(self.timers)
+        self.stats = ProxyStats()
+        self.dispatcher = Dispatcher(transports, self.timers, self.stats)
         self._locate = locate or simple_locate
         self.blocklist = blocklist
         self.domains = {d.lower() for d in domains}
-        self.stats = ProxyStats()
+        self._own: set[tuple[str, int]] = set()
         self._nursery: trio.Nursery | None = None
-        self._timer_wakeup = trio.Event()
-        self._timer_deadline = math.inf
         self.draining = False
-        self.tracer: MessageTracer | None = None
-        # The route decisions of recent requests by Call-ID (GET /trace/<call-id>), oldest dropped first.
-        self.traces: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        self.max_traces = 1000
-        self.last_accepted = -math.inf
+        # The route decisions of recent requests (GET /trace/<call-id>): the last ``traces.size`` requests.
+        self.traces = TraceRing()
+        self.last_accepted = -float("inf")
         self.active: set[RequestContext] = set()
         # Limits (docs/LIMITS.md; 0: none): requests handled at once, in total and per source IP, answered
         # 503 with Retry-After beyond; RFC 5393 Max-Breadth given to requests that carry none.
@@ -186,11 +104,52 @@ class Proxy:
         self.max_breadth = 0
         self.active_by_source: dict[str, int] = {}
         self.limited = 0  # new requests answered 503 for a limit above
-        # Overload shedding (docs/LIMITS.md, "Overload"); None: off.
-        self.overload: OverloadDetector | None = None
-        self.overload_action = "503"  # or "drop"
-        self.overload_retry_after = 2
-        self.overload_probe_interval = 0.01
+
+    # -- settings the dispatcher applies (set by the shell before ``run``) ------------------------------
+
+    @property
+    def table(self) -> TransactionTable:
+        return self.dispatcher.table
+
+    @property
+    def tracer(self) -> MessageTracer | None:
+        return self.dispatcher.tracer
+
+    @tracer.setter
+    def tracer(self, value: MessageTracer | None) -> None:
+        self.dispatcher.tracer = value
+
+    @property
+    def overload(self) -> OverloadDetector | None:
+        return self.dispatcher.overload
+
+    @overload.setter
+    def overload(self, value: OverloadDetector | None) -> None:
+        self.dispatcher.overload = value
+
+    @property
+    def overload_action(self) -> str:
+        return self.dispatcher.overload_action
+
+    @overload_action.setter
+    def overload_action(self, value: str) -> None:
+        self.dispatcher.overload_action = value
+
+    @property
+    def overload_retry_after(self) -> int:
+        return self.dispatcher.overload_retry_after
+
+    @overload_retry_after.setter
+    def overload_retry_after(self, value: int) -> None:
+        self.dispatcher.overload_retry_after = value
+
+    @property
+    def overload_probe_interval(self) -> float:
+        return self.dispatcher.overload_probe_interval
+
+    @overload_probe_interval.setter
+    def overload_probe_interval(self, value: float) -> None:
+        self.dispatcher.overload_probe_interval = value
 
     # -- addresses ---------------------------------------------------------------------------------------
 
@@ -198,6 +157,9 @@ class Proxy:
         """Our listener that sends to ``dest`` (same transport and address family): its Via, its Record-Route."""
         family = socket.AF_INET6 if ":" in dest.host else socket.AF_INET
         return self.transports.local_address(dest.transport, family)
+
+    def record_address(self, local: Address) -> Address:
+        return self.transports.record_address(local)
 
     def own_sent_by(self) -> set[tuple[str, int]]:
         return {(a.host.lower(), a.port) for a in self.transports.listen_addresses()}
@@ -207,8 +169,16 @@ class Proxy:
         host = uri.host.lower()
         if host in self.domains and uri.port is None:
             return True
-        port = uri.port or _default_port(uri)
+        port = uri.port or default_port(uri)
         return (host, port) in self._own
+
+    def flow_open(self, dest: Address) -> bool:
+        # Whether a message to dest can leave now: always for UDP/TCP/TLS (connections are opened on demand),
+        # for WS/WSS only over the live connection the peer opened.
+        if dest.transport not in WS_TRANSPORTS:
+            return True
+        connection = getattr(self.transports, "connection", None)
+        return connection is not None and connection(dest) is not None
 
     async def drain(self, drain_time: float, quiet: float = 1.0) -> bool:
         """Stop taking new requests and wait until those in flight end (at most ``drain_time``).
@@ -239,256 +209,45 @@ class Proxy:
             contain("task", exc, call_id=call_id_of(next((a for a in args if isinstance(a, Request)), None)))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled: dispatcher, timer task and the requests' tasks."""
+        """Serve until cancelled: the dispatcher (with its timer task) and the requests' tasks."""
         self._own = self.own_sent_by()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._timer_loop)
-            if self.overload is not None:
-                nursery.start_soon(self._lag_probe, self.overload)
+            await nursery.start(self.dispatcher.run, self)
             task_status.started()
-            await self._dispatch_loop()
 
-    async def _timer_loop(self) -> None:
-        while True:
-            deadline = self.table.next_deadline()
-            self._timer_deadline = math.inf if deadline is None else deadline
-            self._timer_wakeup = trio.Event()
-            with trio.move_on_at(self._timer_deadline):
-                await self._timer_wakeup.wait()
-            try:
-                await self.execute(self.table.expire(trio.current_time()))
-            except Exception as exc:  # boundary: one expiry's fault, never the timer task
-                contain("timer", exc)
-                # The deadline that raised may still be due: do not spin on it.
-                await trio.sleep(_FAULT_PAUSE)
+    # -- what requests and branches use (interfaces.Core) and the shell's clients ---------------------------
 
-    async def _lag_probe(self, detector: OverloadDetector) -> None:
-        """Feed the overload detector the larger of two lags: how late a short sleep wakes up, and how long the
-        first datagram of a UDP socket's last batch waited in the kernel queue; a queue half full counts as late."""
-        interval = self.overload_probe_interval
-        incoming = self.transports.incoming
-        backlog = getattr(self.transports, "receive_backlog", None)
-        while True:
-            asked = trio.current_time() + interval
-            await trio.sleep(interval)
-            now = trio.current_time()
-            lag = now - asked
-            if backlog is not None:
-                lag = max(lag, backlog(now))
-            st = incoming.statistics()
-            if st.max_buffer_size and st.current_buffer_used * 2 >= st.max_buffer_size:
-                lag = max(lag, detector.config.lag_high)
-            detector.sample(lag, now)
-
-    async def _shed(self, action: RequestReceived, detector: OverloadDetector) -> bool:
-        """Refuse a new out-of-dialog request when the detector says so (True: it was refused)."""
-        request = action.request
-        if request.method in ("ACK", "CANCEL") or request.to.tag is not None or not detector.shed():
-            return False
-        if self.overload_action == "503":
-            await self._answer(
-                action.txn, request, 503, "Service Unavailable", (("Retry-After", str(self.overload_retry_after)),)
-            )
-        # "drop": no answer; the transaction absorbs retransmissions and ends by its timers.
-        return True
-
-    def _kick_timer(self) -> None:
-        deadline = self.table.next_deadline()
-        if deadline is not None and deadline < self._timer_deadline:
-            self._timer_deadline = deadline
-            self._timer_wakeup.set()
-
-    async def _dispatch_loop(self) -> None:
-        incoming = self.transports.incoming
-        while True:
-            # Drain what is queued without a scheduler round trip per message; park only when empty.
-            try:
-                msg = incoming.receive_nowait()
-            except trio.WouldBlock:
-                try:
-                    msg = await incoming.receive()
-                except trio.EndOfChannel:
-                    return
-            except trio.EndOfChannel:
-                return
-            try:
-                await self._dispatch(msg)
-            except Exception as exc:  # boundary: one message's fault, never the dispatcher
-                contain("dispatch", exc, call_id=call_id_of(msg))
-
-    async def _dispatch(self, msg: Any) -> None:
-        if not isinstance(msg, (Request, Response)):
-            await self._malformed(msg)
-            return
-        tracer = self.tracer
-        if tracer is not None and tracer.active:
-            tracer.message("in", msg, msg.source)
-        try:
-            if isinstance(msg, Request):
-                self.stats.requests[msg.method] = self.stats.requests.get(msg.method, 0) + 1
-                if msg.source is not None:
-                    stamp_via(msg, msg.source)  # RFC 3581 / 18.2.1: received and rport
-            else:
-                key = _CLASSES[msg.status // 100]
-                self.stats.responses[key] = self.stats.responses.get(key, 0) + 1
-            actions = self.table.receive(msg, msg.flow, trio.current_time())
-        except SIPError as exc:
-            await self._reject_unparsable(msg, exc)
-            return
-        except Exception as exc:
-            # Nothing of this message was acted on yet: a request still gets its 500 (statelessly).
-            contain("dispatch", exc, call_id=call_id_of(msg))
-            if isinstance(msg, Request) and msg.method != "ACK":
-                await self._send_stateless(msg, 500, "Server Internal Error")
-            return
-        await self.execute(actions)
-        self._kick_timer()
-
-    async def _malformed(self, item: Any) -> None:
-        self.stats.malformed += 1
-        log.info("malformed message dropped: %s", getattr(item, "error", item))
-
-    async def _reject_unparsable(self, msg: Request | Response, exc: SIPError) -> None:
-        self.stats.malformed += 1
-        log.info("bad message from %s: %s %s", msg.source, exc.status, exc.reason)
-        if isinstance(msg, Request) and msg.method != "ACK":
-            await self._send_stateless(msg, exc.status, exc.reason)
-
-    async def _send_stateless(self, msg: Request, status: int, reason: str) -> None:
-        """Answer a request outside any transaction; a request whose Via cannot route it is dropped, counted."""
-        try:
-            resp = make_response(msg, status, reason)
-            await self.transports.send_response(resp, msg.flow)
-        except (TransportError, SIPError, OSError) as exc:
-            self.stats.unanswerable += 1
-            log.info("dropping a request that cannot be answered: %s", exc)
-
-    # -- executing the table's actions ---------------------------------------------------------------------
-
-    async def execute(self, actions: Sequence[Any]) -> None:
-        for action in actions:
-            try:
-                await self._execute_one(action)
-            except Exception as exc:  # boundary: one action's fault; the others still run
-                msg = getattr(action, "msg", None) or getattr(action, "request", None)
-                contain("action", exc, call_id=call_id_of(msg), detail=type(action).__name__)
-
-    async def _execute_one(self, action: Any) -> None:
-        if isinstance(action, SendRequest):
-            tracer = self.tracer
-            if tracer is not None and tracer.active:
-                tracer.message("out", action.msg, action.dest)
-            try:
-                await self.transports.send_request(action.msg, action.dest)
-            except (TransportError, OSError) as exc:
-                log.info("sending %s to %s failed: %s", action.msg.method, action.dest, exc)
-                await self.execute(self.table.transport_error(action.txn, trio.current_time()))
-        elif isinstance(action, SendResponse):
-            key = _CLASSES[action.msg.status // 100]
-            self.stats.responses_sent[key] = self.stats.responses_sent.get(key, 0) + 1
-            tracer = self.tracer
-            if tracer is not None and tracer.active:
-                tracer.message("out", action.msg, getattr(action.flow, "remote", None))
-            try:
-                await self._send_response(action.msg, action.flow, action.txn)
-            except (TransportError, OSError) as exc:
-                log.info("sending a %s response failed: %s", action.msg.status, exc)
-                if action.txn is not None:
-                    await self.execute(self.table.transport_error(action.txn, trio.current_time()))
-        elif isinstance(action, RequestReceived):
-            detector = self.overload
-            if detector is not None and detector.level > 0.0 and await self._shed(action, detector):
-                return
-            self.spawn(self._handle_request, action.txn, action.request)
-        elif isinstance(action, ResponseReceived):
-            self._to_branch(action.txn, BranchEvent(response=action.response))
-        elif isinstance(action, Timeout):
-            self._to_branch(action.txn, BranchEvent(timeout=True))
-        elif isinstance(action, TransportFailed):
-            self._to_branch(action.txn, BranchEvent(transport_error=True))
-        elif isinstance(action, AckReceived):
-            self.spawn(self._handle_stateless, action.request)
-        elif isinstance(action, CancelReceived):
-            await self._handle_cancel(action)
-        elif isinstance(action, StrayResponse):
-            self.stats.stray_responses += 1  # RFC 6026: a transaction-stateful proxy drops them
-
-    async def _send_response(self, msg: Response, flow: Any, txn: ServerTransaction | None) -> None:
-        # KSR.set_reply_no_connect(): the request's responses only go over a connection that is open.
-        ctx = txn.user if txn is not None else None
-        if isinstance(ctx, RequestContext) and ctx.reply_no_connect:
-            await self.transports.send_response(msg, flow, no_connect=True)  # type: ignore[call-arg]
+    async def respond(
+        self, txn: ServerTransaction | None, flow: Any, response: Response, *, no_connect: bool = False
+    ) -> None:
+        """Send a response upstream: through the server transaction, or statelessly over ``flow``."""
+        if txn is not None:
+            await self.dispatcher.respond(txn, response)
+        elif no_connect:
+            await self.transports.send_response(response, flow, no_connect=True)  # type: ignore[call-arg]
         else:
-            await self.transports.send_response(msg, flow)
+            await self.transports.send_response(response, flow)
 
-    def _to_branch(self, txn: ClientTransaction, event: BranchEvent) -> None:
-        branch = txn.user
-        if isinstance(branch, (Branch, TransactionUser)):
-            branch.deliver(event)
-
-    # -- the operations contexts and branches use ------------------------------------------------------
-
-    async def respond(self, ctx: RequestContext, response: Response) -> None:
-        """Send a response upstream through the request's server transaction."""
-        if ctx.server_txn is None:
-            if ctx.reply_no_connect:
-                await self.transports.send_response(response, ctx.original.flow, no_connect=True)  # type: ignore[call-arg]
-            else:
-                await self.transports.send_response(response, ctx.original.flow)
-            return
-        await self.execute(self.table.respond(ctx.server_txn, response, trio.current_time()))
-        self._kick_timer()
-
-    async def start_branch_transaction(self, branch: Branch, request: Request, dest: Address) -> None:
+    async def start_branch(self, request: Request, dest: Address, user: TransactionUser) -> ClientTransaction:
         """Start a client transaction for a branch and send its request (a failure comes as an event)."""
         self.stats.branches += 1
-        txn, actions = self.table.start_client(request, dest, trio.current_time(), user=branch)
-        branch.txn = txn
-        self._kick_timer()
-        await self.execute(actions)
+        return await self.dispatcher.start_client(request, dest, user)
 
     async def start_client(self, request: Request, dest: Address, user: TransactionUser) -> ClientTransaction:
         """Start a client transaction of the proxy's own (a trunk REGISTER): its responses, timeout or
         transport failure reach ``user.deliver``. The request's top Via names one of our listeners."""
-        txn, actions = self.table.start_client(request, dest, trio.current_time(), user=user)
-        self._kick_timer()
-        await self.execute(actions)
-        return txn
+        return await self.dispatcher.start_client(request, dest, user)
 
-    async def send_cancel(self, branch: Branch, cancel: Request) -> None:
-        assert branch.dest is not None
-        _txn, actions = self.table.start_client(cancel, branch.dest, trio.current_time(), user=None)
-        self._kick_timer()
-        await self.execute(actions)
+    async def send_cancel(self, cancel: Request, dest: Address) -> None:
+        await self.dispatcher.start_client(cancel, dest, None)
 
-    def abandon_client(self, branch: Branch) -> None:
-        """Stop a branch's client transaction after fr_timer with no answer: it sends nothing more."""
-        if branch.txn is not None:
-            self.detach(branch.txn)
-            self.table.terminate(branch.txn, trio.current_time())
+    def abandon_client(self, txn: ClientTransaction) -> None:
+        """Stop a client transaction after fr_timer with no answer: it sends nothing more."""
+        self.dispatcher.terminate(txn)
 
     def detach(self, txn: ClientTransaction) -> None:
         txn.user = None
-
-    def abandon(self, ctx: RequestContext) -> None:
-        """A server transaction that gets no response (RFC 4320: no 408 to a non-INVITE).
-
-        Nothing to do: the table keeps it to absorb the caller's retransmissions and ends it by its guard
-        timer (64*T1).
-        """
-        del ctx
-
-    async def branch_failed(self, ctx: RequestContext, branch: Branch, exc: Exception) -> None:
-        """The boundary of a branch task: the fault is logged and counted, the branch ends with a local 500
-        (so the request still gets its best response, 16.7 step 6)."""
-        contain("branch", exc, call_id=call_id_of(ctx.original))
-        if branch.final is not None:
-            return
-        try:
-            await ctx.on_response(branch, ctx.local_response(500, "Server Internal Error"), local=True)
-        except Exception as again:  # the request's boundary answers
-            contain("branch", again, call_id=call_id_of(ctx.original), detail="ending the branch")
 
     async def locate(self, uri: URI) -> list[Address]:
         dests = await self._locate(uri)
@@ -512,7 +271,14 @@ class Proxy:
         if self.blocklist is not None:
             self.blocklist.add(dest, f"{status}", time.monotonic())
 
-    # -- requests ------------------------------------------------------------------------------------------
+    # -- requests (dispatcher.TransactionHandler) ----------------------------------------------------------
+
+    def new_request(self, txn: ServerTransaction, request: Request) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._handle_request, txn, request)
+
+    def stateless_request(self, request: Request) -> None:
+        self.spawn(self._handle_stateless, request)
 
     async def _handle_request(self, txn: ServerTransaction, request: Request) -> None:
         """The request task; its boundary: a fault (a branch's too) is logged, counted and answered 500."""
@@ -528,94 +294,97 @@ class Proxy:
                 if ctx is not None:
                     ctx.rc.final_sent = True
                     ctx.final_status = 500
-                await self._answer(txn, request, 500, "Server Internal Error")
+                await self.dispatcher.answer(txn, request, 500, "Server Internal Error")
             except Exception as again:  # even the 500 failed: the request is dropped
                 contain("request", again, call_id=call_id_of(request), detail="answering 500")
 
     async def _route_request(self, txn: ServerTransaction, request: Request, holder: list[RequestContext]) -> None:
-        started = time.monotonic()
-        inbound = self._inbound_address(request)
-        ctx: RequestContext | None = None
+        answer = self.dispatcher.answer
         try:
-            try:
-                validate_request_untrusted(request)
-                rejection = check_request(request, own_sent_by=self._own)
-                lh = loop_hash(request)
-            except SIPError as exc:
-                await self._answer(txn, request, exc.status, exc.reason)
-                return
-            if rejection is not None:
-                await self._answer(txn, request, rejection.status, rejection.reason, rejection.headers)
-                return
-            if self.draining and request.to.tag is None:
-                # Shutting down: no new dialogs or out-of-dialog requests; in-dialog ones (a BYE for a call
-                # in progress) still go through so calls that started can end.
-                await self._answer(txn, request, 503, "Service Unavailable", (("Retry-After", "5"),))
-                return
-            source = request.source.host if request.source is not None else ""
-            if request.to.tag is None and self._over_limit(source):
-                # A new request over a limit; retransmissions are absorbed by its transaction, in-dialog
-                # requests (a BYE) always pass so calls in progress can end.
-                self.limited += 1
-                await self._answer(txn, request, 503, "Service Unavailable", (("Retry-After", str(self.retry_after)),))
-                return
-            self.last_accepted = trio.current_time()
-            work = request.copy()
-            popped = preprocess_routes(work, self.is_myself)
-            ctx = RequestContext(self, work, request, txn, lh, inbound)
-            holder.append(ctx)
-            ctx.route_params = popped
-            self._keep_trace(ctx)
-            ctx.in_dialog = request.to.tag is not None
-            ctx.to_tag = make_branch_id(lh)[7:17]
-            txn.user = ctx
-            self.active.add(ctx)
-            self.active_by_source[source] = self.active_by_source.get(source, 0) + 1
-            self.stats.transactions_handled += 1
-            if not self.router.defers_trying:
-                await ctx.send_trying()
-            try:
-                await self.router.on_request(ctx)
-            except Exception as exc:  # boundary of the route call: a router fault is contained to its request
-                self.stats.route_errors += 1
-                contain("route", exc, call_id=call_id_of(request))
-                if not ctx.rc.final_sent:
-                    await ctx.reply(500, "Server Internal Error")
-                return
-            if ctx.rc.final_sent:
-                return
-            if ctx.dropped:
-                return  # no answer; the table's timers end the server transaction
-            if ctx.pending_stage is None and not ctx.canceled:
-                # The route neither answered nor relayed: Kamailio drops such a request silently; an INVITE
-                # would then ring forever upstream, so answer 500.
-                await ctx.reply(500, "Server Internal Error", (("Warning", '399 trioproxy "no route decision"'),))
-                return
-            await ctx.send_trying()  # the route's script had its chance (force_rport): now the 100 goes
-            await ctx.run_stages()
+            validate_request_untrusted(request)
+            rejection = check_request(request, own_sent_by=self._own)
+            lh = loop_hash(request)
+        except SIPError as exc:
+            await answer(txn, request, exc.status, exc.reason)
+            return
+        if rejection is not None:
+            await answer(txn, request, rejection.status, rejection.reason, rejection.headers)
+            return
+        in_dialog = request.to.tag is not None
+        if self.draining and not in_dialog:
+            # Shutting down: no new dialogs or out-of-dialog requests; in-dialog ones (a BYE for a call in
+            # progress) still go through so calls that started can end.
+            await answer(txn, request, 503, "Service Unavailable", (("Retry-After", "5"),))
+            return
+        source = request.source.host if request.source is not None else ""
+        if not in_dialog and self._over_limit(source):
+            # A new request over a limit; retransmissions are absorbed by its transaction, in-dialog requests
+            # (a BYE) always pass so calls in progress can end.
+            self.limited += 1
+            await answer(txn, request, 503, "Service Unavailable", (("Retry-After", str(self.retry_after)),))
+            return
+        self.last_accepted = trio.current_time()
+        ctx = RequestContext(
+            self, request, txn, lh, self._inbound_address(request), trace=self._trace(request),
+            to_tag=make_branch_id(lh)[7:17],
+        )  # fmt: skip
+        holder.append(ctx)
+        txn.user = ctx
+        self.active.add(ctx)
+        self.active_by_source[source] = self.active_by_source.get(source, 0) + 1
+        self.stats.transactions_handled += 1
+        try:
+            await self._apply_route(ctx)
         finally:
-            if ctx is not None:
-                if ctx in self.active:
-                    self.active.discard(ctx)
-                    left = self.active_by_source.get(source, 1) - 1
-                    if left > 0:
-                        self.active_by_source[source] = left
-                    else:
-                        self.active_by_source.pop(source, None)
-                ctx.note("end", status=ctx.final_status)
-                try:
-                    self.router.on_end(ctx)  # accounting, dialog tracking: the request's final status
-                except Exception as exc:  # boundary of the router's end hook
-                    contain("route", exc, call_id=call_id_of(request))
-                log.debug(
-                    "%s %s branches=%d status=%s %.1fms",
-                    request.method,
-                    request.uri,
-                    len(ctx.branches),
-                    ctx.final_status,
-                    (time.monotonic() - started) * 1000,
-                )
-                ctx.release()
+            self._end(ctx, source)
+
+    async def _apply_route(self, ctx: RequestContext) -> None:
+        """Run the router's request hook and apply what it decided: an answer, a relay, a drop."""
+        router = self.router
+        if not router.defers_trying:
+            await ctx.send_trying()
+        try:
+            await router.on_request(ctx)
+        except Exception as exc:  # boundary of the route call: a router fault is contained to its request
+            self.stats.route_errors += 1
+            contain("route", exc, call_id=call_id_of(ctx.original))
+            if not ctx.final_sent:
+                await ctx.reply(500, "Server Internal Error")
+            return
+        if ctx.final_sent or ctx.dropped:
+            return  # answered; or dropped: no answer, the table's timers end the server transaction
+        if ctx.pending_targets is None and not ctx.canceled:
+            # The route neither answered nor relayed: Kamailio drops such a request silently; an INVITE would
+            # then ring forever upstream, so answer 500.
+            await ctx.reply(500, "Server Internal Error", (("Warning", '399 trioproxy "no route decision"'),))
+            return
+        await ctx.send_trying()  # the route's script had its chance (force_rport): now the 100 goes
+        await ctx.run_stages()
+
+    def _end(self, ctx: RequestContext, source: str) -> None:
+        if ctx in self.active:
+            self.active.discard(ctx)
+            left = self.active_by_source.get(source, 1) - 1
+            if left > 0:
+                self.active_by_source[source] = left
+            else:
+                self.active_by_source.pop(source, None)
+        ctx.note("end", status=ctx.final_status)
+        try:
+            self.router.on_end(ctx)  # accounting, dialog tracking: the request's final status
+        except Exception as exc:  # boundary of the router's end hook
+            contain("route", exc, call_id=call_id_of(ctx.original))
+        if log.isEnabledFor(logging.DEBUG):
+            request = ctx.original
+            log.debug(
+                "%s %s branches=%d status=%s %.1fms",
+                request.method,
+                request.uri,
+                len(ctx.branches),
+                ctx.final_status,
+                (time.monotonic() - ctx.started) * 1000,
+            )
+        ctx.release()
 
     def _over_limit(self, source: str) -> bool:
         if self.max_transactions and len(self.active) >= self.max_transactions:
@@ -623,39 +392,12 @@ class Proxy:
         per_source = self.max_transactions_per_source
         return bool(per_source) and self.active_by_source.get(source, 0) >= per_source
 
-    def _keep_trace(self, ctx: RequestContext) -> None:
-        req = ctx.original
-        entry = {
-            "method": req.method,
-            "ruri": str(req.uri),
-            "cseq": req.cseq.seq,
-            "source": str(req.source) if req.source else None,
-            "events": ctx.events,
-        }
-        call_id = req.call_id
-        traces = self.traces
-        if call_id in traces:
-            traces.move_to_end(call_id)
-            if len(traces[call_id]) < 50:
-                traces[call_id].append(entry)
-        else:
-            traces[call_id] = [entry]
-            if len(traces) > self.max_traces:
-                traces.popitem(last=False)
-
-    async def _answer(
-        self,
-        txn: ServerTransaction,
-        request: Request,
-        status: int,
-        reason: str,
-        headers: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        resp = make_response(request, status, reason, to_tag=make_branch_id("0")[7:17])
-        for name, value in headers:
-            resp.append(name, value)
-        await self.execute(self.table.respond(txn, resp, trio.current_time()))
-        self._kick_timer()
+    def _trace(self, request: Request) -> RequestTrace:
+        trace = RequestTrace(
+            request.call_id, request.method, request.uri, request.cseq.seq, request.source, time.monotonic()
+        )
+        self.traces.add(trace)
+        return trace
 
     def _inbound_address(self, msg: Request | Response) -> Address:
         flow = msg.flow
@@ -670,13 +412,10 @@ class Proxy:
             validate_request_untrusted(request)
             if check_request(request, own_sent_by=self._own) is not None:
                 return
-            work = request.copy()
-            popped = preprocess_routes(work, self.is_myself)
-            ctx = RequestContext(self, work, request, None, loop_hash(request), self._inbound_address(request))
-            ctx.route_params = popped
-            ctx.stateless = True
-            ctx.in_dialog = request.to.tag is not None
-            self._keep_trace(ctx)
+            ctx = RequestContext(
+                self, request, None, loop_hash(request), self._inbound_address(request), stateless=True,
+                trace=self._trace(request),
+            )  # fmt: skip
             try:
                 await self.router.on_request(ctx)
             finally:
@@ -687,24 +426,24 @@ class Proxy:
             self.stats.route_errors += 1
             contain("stateless", exc, call_id=call_id_of(request))
 
-    async def forward_stateless(self, ctx: RequestContext, target: Target) -> bool:
+    async def forward_stateless(
+        self, request: Request, original: Request, target: Target, route_params: str | None, max_forwards: bool
+    ) -> bool:
         """Forward without a transaction (an ACK for a 2xx, a CANCEL matching nothing; 16.10, 16.11)."""
-        req, hop = prepare_branch(
-            ctx.request, target.uri.copy(), path=target.path, max_forwards=ctx.decrement_max_forwards
-        )
+        req, hop = prepare_branch(request, target.uri.copy(), path=target.path, max_forwards=max_forwards)
         if target.dst is not None:
             hop = target.dst
         if target.received is not None:
             dests = [target.received]
         else:
-            ws_dests = ws_destinations(hop, ctx.route_params, explicit=target.dst is not None)
+            ws_dests = ws_destinations(hop, route_params, explicit=target.dst is not None)
             dests = ws_dests if ws_dests is not None else await self.locate(hop)
         if not dests:
             return False
         dest = dests[0]
         # 16.11: a stateless branch is a function of the incoming one, so retransmissions map alike.
         try:
-            incoming = ctx.original.top_via.branch or ""
+            incoming = original.top_via.branch or ""
         except SIPError:
             incoming = ""
         branch = "z9hG4bK" + hashlib.blake2s(incoming.encode(), digest_size=8).hexdigest() + ".s"
@@ -715,13 +454,11 @@ class Proxy:
             return False
         return True
 
-    async def _handle_cancel(self, action: CancelReceived) -> None:
+    async def cancel(self, action: CancelReceived) -> None:
         """CANCEL (16.10): 200 to the CANCEL, CANCEL on every pending branch; no match: forward statelessly."""
         cancel = action.cancel
         if action.cancel_txn is not None:
-            await self.execute(
-                self.table.respond(action.cancel_txn, make_response(cancel, 200, "OK"), trio.current_time())
-            )
+            await self.dispatcher.respond(action.cancel_txn, make_response(cancel, 200, "OK"))
         server = action.server_txn
         ctx = server.user if server is not None else None
         if isinstance(ctx, RequestContext):
@@ -733,11 +470,10 @@ class Proxy:
 
     async def _cancel_stateless(self, cancel: Request) -> None:
         try:
-            work = cancel.copy()
-            preprocess_routes(work, self.is_myself)
-            ctx = RequestContext(self, work, cancel, None, loop_hash(cancel), self._inbound_address(cancel))
-            ctx.stateless = True
-            await self.forward_stateless(ctx, Target(work.uri.copy()))
+            ctx = RequestContext(
+                self, cancel, None, loop_hash(cancel), self._inbound_address(cancel), stateless=True
+            )
+            await self.forward_stateless(ctx.request, cancel, Target(ctx.request.uri.copy()), ctx.route_params, True)
         except SIPError:
             return
         except Exception as exc:  # boundary of a stateless CANCEL's task (its 200 was already sent)

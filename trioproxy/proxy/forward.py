@@ -6,7 +6,7 @@ These functions take the proxy's own addresses as arguments; they never touch a 
 from __future__ import annotations
 
 import ipaddress
-import secrets
+import os
 from collections.abc import Callable, Sequence
 
 from trioproxy.sip import URI, Address, NameAddr, Request, decrement_max_forwards, parse_uri_untrusted
@@ -26,9 +26,18 @@ __all__ = [
 IsMine = Callable[[URI], bool]
 
 
+# 12 random hex digits per branch from the OS CSPRNG, drawn in blocks (one system call per 256 branches): a
+# branch must not be guessable, or a stranger who saw one could forge responses for the next transactions.
+_tokens: list[str] = []
+os.register_at_fork(after_in_child=_tokens.clear)  # a forked worker draws its own
+
+
 def make_branch_id(loop_hash: str) -> str:
     """A branch parameter unique per branch, carrying the loop-detection hash (16.6 step 8)."""
-    return f"z9hG4bK{loop_hash}.{secrets.token_hex(6)}"
+    if not _tokens:
+        pool = os.urandom(6 * 256).hex()
+        _tokens.extend(pool[i : i + 12] for i in range(0, len(pool), 12))
+    return f"z9hG4bK{loop_hash}.{_tokens.pop()}"
 
 
 def via_value(local: Address, branch: str) -> str:

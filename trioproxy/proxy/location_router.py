@@ -17,7 +17,7 @@ from trioproxy.proxy.router import StaticRouter, Target
 from trioproxy.sip import URI, Address, parse_uri_untrusted
 
 if TYPE_CHECKING:
-    from trioproxy.proxy.context import RequestContext
+    from trioproxy.proxy.request import RequestContext
 
 __all__ = ["LocationRouter", "binding_target"]
 
@@ -54,7 +54,7 @@ class LocationRouter(StaticRouter):
 
     async def on_request(self, ctx: RequestContext) -> None:
         req = ctx.request
-        mine = ctx.proxy.is_myself(req.uri)
+        mine = ctx.is_myself(req.uri)
         if req.method == "REGISTER" and mine and not ctx.stateless:
             contacts = [c for c in req.contacts if not c.is_star]
             received = req.source if contacts and _behind_nat(contacts[0].uri, req.source) else None
@@ -66,10 +66,9 @@ class LocationRouter(StaticRouter):
                 await ctx.reply(404, "Not Found")
                 return
             plan = [[binding_target(b) for b in stage] for stage in stages(bindings)]
-            if self.record_route and req.method in ("INVITE", "SUBSCRIBE", "REFER"):
-                ctx.record_route = True
+            rr = self.record_route and req.method in ("INVITE", "SUBSCRIBE", "REFER")
             ctx.user_state = plan[1:]
-            await ctx.relay(plan[0])
+            await ctx.relay(plan[0], record_route=rr or None)
             return
         await super().on_request(ctx)
 

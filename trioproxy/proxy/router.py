@@ -1,11 +1,12 @@
 """The routing interface between the proxy core and whoever decides where requests go.
 
 The core calls a ``Router`` for every request that passed validation (RFC 3261 16.3) and route
-pre-processing (16.4). The router edits ``ctx.request`` (the copy that will be forwarded), and either answers
-(``await ctx.reply(...)``) or forwards (``await ctx.relay(targets)``, which starts one branch per target and
-returns once they are sent). When every branch of a stage has ended without a 2xx, the core calls
-``on_failure``, where the router may relay again (serial forking, a Kamailio ``failure_route``) or do
-nothing, in which case the best response goes upstream (16.7 step 6).
+pre-processing (16.4). The router edits ``ctx.request`` (the copy that will be forwarded) and records a
+decision through the request's API: answer (``await ctx.reply(...)`` / ``ctx.send(response)``), relay
+(``await ctx.relay(targets, record_route=..., timers=...)``: the core starts one branch per target when the
+hook returns), or drop (``ctx.drop()``: no answer at all); a hook that does none of these gets a 500. When every branch of a stage has
+ended without a 2xx, the core calls ``on_failure``, where the router may relay again (serial forking, a
+Kamailio ``failure_route``) or do nothing, in which case the best response goes upstream (16.7 step 6).
 
 ``StaticRouter`` is the small Python router used without a script: forward to the Request-URI (or a fixed
 next hop), or fork to a configured list of stages (for tests and simple deployments).
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING
 from trioproxy.sip import URI, Address, Response
 
 if TYPE_CHECKING:
-    from trioproxy.proxy.context import Branch, RequestContext
+    from trioproxy.proxy.branch import Branch
+    from trioproxy.proxy.request import RequestContext
 
 __all__ = ["Router", "StaticRouter", "Target"]
 
@@ -81,13 +83,12 @@ class StaticRouter(Router):
         self.record_route = record_route
 
     async def on_request(self, ctx: RequestContext) -> None:
-        if self.record_route and ctx.request.method in ("INVITE", "SUBSCRIBE", "REFER") and not ctx.in_dialog:
-            ctx.record_route = True
+        rr = self.record_route and ctx.original.method in ("INVITE", "SUBSCRIBE", "REFER") and not ctx.in_dialog
         if self.stages and not ctx.in_dialog:
             ctx.user_state = 0
-            await ctx.relay(self.stages[0])
+            await ctx.relay(self.stages[0], record_route=rr or None)
             return
-        await ctx.relay([Target(ctx.request.uri.copy(), dst=self.next_hop)])
+        await ctx.relay([Target(ctx.request.uri.copy(), dst=self.next_hop)], record_route=rr or None)
 
     async def on_failure(self, ctx: RequestContext) -> None:
         stage = ctx.user_state

@@ -3,8 +3,10 @@
 Each request takes the script version that is active when it arrives and keeps it: its failure, branch and
 reply routes run on that version even if a reload swaps in another meanwhile (one ``ScriptHolder``
 reference is read once per request). ``ProxyServices`` is the ``RouteServices`` the script's effects reach:
-replies, relaying (which records a stage of branches in the request's context), the registrar and location
-service, DNS and sleeping.
+replies, relaying (one ``ctx.relay(targets, record_route=..., timers=...)`` call that records a stage of
+branches with what the script decided for it), the registrar and location service, DNS and sleeping. The
+router uses only the request's API (``trioproxy.proxy.request``); the script's own per-request state
+(``RequestState``) stays on this side.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from trioproxy.location import Binding, Registrar
-from trioproxy.proxy import Branch, RequestContext, Router, Target
+from trioproxy.proxy import Branch, RelayTimers, RequestContext, Router, Target
 from trioproxy.sip import URI, Response, SIPError, parse_uri_untrusted, reason_phrase
 
 from .holder import ScriptHolder
@@ -47,9 +49,10 @@ class _LuaRequest:
 
     def flush_trace(self, ctx: RequestContext, route: str) -> None:
         trace = self.state.trace or []
-        calls = [_call_text(name, args, result) for name, args, result in trace[self.traced :]]
+        calls = trace[self.traced :]
         self.traced = len(trace)
-        ctx.note("route", name=route, ksr=calls)
+        if ctx.trace is not None:  # the KSR calls are shown as text only when the trace is read
+            ctx.note("route", name=route, ksr=lambda: [_call_text(name, args, result) for name, args, result in calls])
 
 
 def _call_text(name: str, args: tuple[object, ...], result: object) -> str:
@@ -82,15 +85,13 @@ class ProxyServices:
     async def send_reply(
         self, state: RequestState, status: int, reason: str, headers: Sequence[tuple[str, str]]
     ) -> int:
-        self.ctx.reply_no_connect = state.reply_no_connect
-        ok = await self.ctx.reply(status, reason, headers)
+        ok = await self.ctx.reply(status, reason, headers, no_connect=state.reply_no_connect)
         if ok and status >= 200:
             state.replied = (status, reason)
         return 1 if ok else -1
 
     async def trying(self, state: RequestState) -> None:
-        self.ctx.reply_no_connect = state.reply_no_connect
-        await self.ctx.send_trying()
+        await self.ctx.send_trying(no_connect=state.reply_no_connect)
 
     def _targets(self, state: RequestState) -> list[Target]:
         targets: list[Target] = []
@@ -114,16 +115,20 @@ class ProxyServices:
         except SIPError as exc:
             log.warning("t_relay: bad target URI: %s", exc.reason)
             return -1
-        if state.record_route and not ctx.in_dialog:
-            ctx.record_route = True
-            ctx.record_route_params = "".join(p if p.startswith(";") else f";{p}" for p in state.rr_params)
-        if state.fr_timeout:
-            ctx.fr_timeout = state.fr_timeout / 1000.0
-        if state.fr_inv_timeout:
-            ctx.fr_inv_timeout = state.fr_inv_timeout / 1000.0
-        ctx.decrement_max_forwards = not state.maxfwd_processed
-        ctx.reply_no_connect = state.reply_no_connect
-        rc = await ctx.relay(targets)
+        record = state.record_route and not ctx.in_dialog
+        rc = await ctx.relay(
+            targets,
+            record_route=True if record else None,
+            record_route_params="".join(p if p.startswith(";") else f";{p}" for p in state.rr_params)
+            if record
+            else None,
+            timers=RelayTimers(
+                state.fr_timeout / 1000.0 if state.fr_timeout else None,
+                state.fr_inv_timeout / 1000.0 if state.fr_inv_timeout else None,
+            ),
+            max_forwards=not state.maxfwd_processed,
+            no_connect=state.reply_no_connect,
+        )
         if rc > 0:
             state.relayed += 1
             # Branches made now are one stage; the script may add the next in its failure route.
@@ -148,8 +153,7 @@ class ProxyServices:
         response = await self.router.registrar.save(
             ctx.original, now=time.time(), received=state.received_uri, flags=flags
         )
-        ctx.reply_no_connect = state.reply_no_connect
-        await ctx.send(response)
+        await ctx.send(response, no_connect=state.reply_no_connect)
         ctx.note("save", table=table, status=response.status)
         state.replied = (response.status, response.reason)
         return 1 if 200 <= response.status < 300 else -1
@@ -169,7 +173,7 @@ class ProxyServices:
 
     def is_myself(self, host: str, port: int | None) -> bool:
         uri = URI("sip", None, None, host.strip("[]"), port, {}, {})
-        return self.ctx.proxy.is_myself(uri)
+        return self.ctx.is_myself(uri)
 
 
 class LuaRouter(Router):
@@ -205,8 +209,8 @@ class LuaRouter(Router):
             if what == "failure":
                 # As Kamailio: a failure route that fails ends; its relay (if any) is void and the best
                 # response of the stages (a 487 after the caller's CANCEL) goes upstream.
-                ctx.pending_stage = None
-            elif not ctx.rc.final_sent:
+                ctx.discard_relay()
+            elif not ctx.final_sent:
                 await ctx.reply(500, "Server Internal Error")
             return None
         finally:
@@ -216,15 +220,15 @@ class LuaRouter(Router):
         lua = self._begin(ctx)
         await self._run(ctx, lua, "request")
         request_done(lua.state)  # dialog tracking: in-dialog requests relayed, managed INVITEs' destination
-        ctx.reply_no_connect = lua.state.reply_no_connect
+        ctx.set_reply_no_connect(lua.state.reply_no_connect)
         if lua.state.dropped:
-            ctx.dropped = True
+            ctx.drop()
         elif ctx.stateless or ctx.original.method == "ACK":
-            ctx.dropped = True  # an ACK the script did not relay is absorbed
-        elif ctx.pending_stage is None and not ctx.rc.final_sent and lua.state.exited:
+            ctx.drop()  # an ACK the script did not relay is absorbed
+        elif ctx.pending_targets is None and not ctx.final_sent and lua.state.exited:
             # KSR.x.exit() with neither reply nor relay: Kamailio sends nothing; we do the same but let the
             # transaction layer end the transaction.
-            ctx.dropped = True
+            ctx.drop()
 
     async def on_failure(self, ctx: RequestContext) -> None:
         """Run the failure route armed by ``t_on_failure``: after a stage with no 2xx, also after the caller's

@@ -29,6 +29,7 @@ _RESPONSE_COPY = frozenset({"via", "from", "to", "call-id", "cseq"})
 # Random hex from the OS CSPRNG, drawn in blocks (one system call per 100 branches): branches must not be
 # guessable, or a stranger who saw one could forge responses for the next transactions.
 _branches: list[str] = []
+os.register_at_fork(after_in_child=_branches.clear)  # a forked worker draws its own
 
 
 def new_branch() -> str:

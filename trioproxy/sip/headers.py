@@ -91,6 +91,9 @@ def split_values(value: str) -> list[str]:
     """Split a list header value on commas outside quotes and angle brackets (RFC 3261 7.3.1)."""
     if "," not in value:
         return [value.strip()]
+    if '"' not in value and "<" not in value:
+        # Nothing to skip over (a Via line): every comma separates.
+        return [v for v in (part.strip() for part in value.split(",")) if v]
     out: list[str] = []
     start = 0
     quoted = False

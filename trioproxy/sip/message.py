@@ -2,8 +2,9 @@
 
 A parsed message keeps its header lines as text, unfolded, in order, each with its lookup key (lowercase
 long form). Typed values (Via, CSeq, From...) are parsed when first read and cached until that header is
-edited. ``to_bytes()`` returns the original bytes while nothing was edited, and rebuilds the head only
-after an edit.
+edited. Typed values are read-only: they are shared with ``copy()``s of the message (change a ``.copy()`` of
+one and ``set`` the header). ``to_bytes()`` returns the original bytes while nothing was edited, and rebuilds
+the head only after an edit.
 """
 
 from __future__ import annotations
@@ -412,7 +413,9 @@ class Message:
         other._lines = list(self._lines)
         other._keys = list(self._keys)
         other._raw = self._raw
-        other._cache = {}
+        # Parsed values are shared, not parsed again: they are read-only (an edit replaces the header text
+        # and drops the cached value; code that wants a changed value edits a ``copy()`` and sets it).
+        other._cache = dict(self._cache)
         other._clen_ok = self._clen_ok
         other.body = self.body
         other.source = self.source

@@ -178,8 +178,27 @@ def _parse_host_port(text: str, uri: URI) -> None:
     uri.host = host
 
 
+# Recently parsed URIs by text (a proxy sees the same few next hops and Record-Routes again and again):
+# a hit costs a copy instead of a parse. Bounded, oldest entry out first; long texts are not kept.
+_PARSED: dict[str, URI] = {}
+PARSE_CACHE_SIZE = 2048
+_CACHEABLE_LENGTH = 256
+
+
 def parse_uri_untrusted(text: str) -> URI:
     """Parse a URI; raises SIPError 400 when malformed. Schemes other than sip/sips/tel are kept opaque."""
+    cached = _PARSED.get(text)
+    if cached is not None:
+        return cached.copy()
+    uri = _parse_uri(text)
+    if len(text) <= _CACHEABLE_LENGTH:
+        if len(_PARSED) >= PARSE_CACHE_SIZE:
+            del _PARSED[next(iter(_PARSED))]
+        _PARSED[text] = uri.copy()
+    return uri
+
+
+def _parse_uri(text: str) -> URI:
     if len(text) > 8192:
         raise SIPError(414, "Request-URI Too Long")
     scheme, colon, rest = text.partition(":")

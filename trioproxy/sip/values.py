@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from .errors import SIPError
 from .headers import PARAM_FINDALL, PARAM_NC, format_params, parse_params
-from .uri import URI, parse_uri_untrusted, valid_ipv6
+from .uri import PARSE_CACHE_SIZE, URI, parse_uri_untrusted, valid_ipv6
 
 __all__ = ["CSeq", "NameAddr", "Via"]
 
@@ -160,8 +160,16 @@ class Via:
     __hash__ = None  # type: ignore[assignment]
 
     def copy(self) -> Via:
-        """An independent copy."""
-        return Via(self.transport, self.host, self.port, dict(self.params))
+        """An independent copy (parameters still unparsed stay so)."""
+        via = _new(Via)
+        via.transport = self.transport
+        via.host = self.host
+        via.port = self.port
+        params = self._params
+        via._params = None if params is None else dict(params)
+        via._ptext = self._ptext
+        via._branch = self._branch
+        return via
 
     @property
     def branch(self) -> str | None:
@@ -216,6 +224,12 @@ class Via:
         return (self.host, self.port)
 
 
+# Recently parsed name-addr values by text (the From of a call is read in each of its messages, a Route
+# in every in-dialog request): as for URIs (``uri.PARSE_CACHE_SIZE``), a hit costs a copy.
+_NAME_ADDRS: dict[str, NameAddr] = {}
+_CACHEABLE_LENGTH = 256
+
+
 @dataclass(slots=True)
 class NameAddr:
     """A name-addr or addr-spec with header parameters (From, To, Contact, Route...).
@@ -234,6 +248,18 @@ class NameAddr:
     @classmethod
     def parse_untrusted(cls, value: str) -> NameAddr:
         """Parse one name-addr / addr-spec value; SIPError 400 when malformed (416 never: any scheme)."""
+        cached = _NAME_ADDRS.get(value)
+        if cached is not None and type(cached) is cls:
+            return cached.copy()
+        parsed = cls._parse(value)
+        if len(value) <= _CACHEABLE_LENGTH:
+            if len(_NAME_ADDRS) >= PARSE_CACHE_SIZE:
+                del _NAME_ADDRS[next(iter(_NAME_ADDRS))]
+            _NAME_ADDRS[value] = parsed.copy()
+        return parsed
+
+    @classmethod
+    def _parse(cls, value: str) -> NameAddr:
         v = value.strip()
         if v == "*":
             return cls(None, URI("*", opaque=""), {}, True)

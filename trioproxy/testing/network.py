@@ -63,6 +63,9 @@ class FakeTransport:
     def listen_addresses(self) -> list[Address]:
         return [PROXY, Address("tcp", PROXY.host, PROXY.port)]
 
+    def record_address(self, local: Address) -> Address:
+        return local
+
     async def inject(self, data: bytes | Request | Response, source: Address) -> None:
         raw = data if isinstance(data, bytes) else data.to_bytes()
         msg = parse_message_untrusted(raw)

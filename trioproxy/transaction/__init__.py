@@ -4,7 +4,8 @@ Driving it: feed every received message to ``TransactionTable.receive(msg, flow,
 transactions with ``start_client``, answer server transactions with ``respond``; carry out the returned
 actions in order (``SendRequest``/``SendResponse`` go to the transport; a send failure goes back as
 ``transport_error``); one task sleeps until ``next_deadline()`` and calls ``expire(now)``.
-The state machines are the tables in ``fsm.py``.
+The state machines are the tables in ``fsm.py``. After its final response a transaction lingers
+(``LINGERING``) holding only what absorbing retransmissions needs (``txn.py``).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from .fsm import INVITE_CLIENT, INVITE_SERVER, NON_INVITE_CLIENT, NON_INVITE_SER
 from .keys import MAGIC_COOKIE, client_key, response_key, server_key
 from .table import TransactionTable
 from .timers import Timers
-from .txn import ClientTransaction, ServerTransaction, State
+from .txn import LINGERING, ClientTransaction, ServerTransaction, State
 
 __all__ = [
     "INVITE_CLIENT",
     "INVITE_SERVER",
+    "LINGERING",
     "MAGIC_COOKIE",
     "NON_INVITE_CLIENT",
     "NON_INVITE_SERVER",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,9 +19,14 @@ MAGIC_COOKIE = "z9hG4bK"
 _DEFAULT_PORTS = {"TLS": 5061, "WSS": 443, "WS": 80}
 
 
+# Keys live as long as their transactions (32 s of lingering): the strings they share with every other
+# transaction (methods, hosts) are interned, so each key holds only its own branch.
+_intern = sys.intern
+
+
 def client_key(branch: str, method: str) -> Key:
     """The key of a client transaction: its top Via branch and its method (17.1.3)."""
-    return (branch, method)
+    return (branch, _intern(method))
 
 
 def response_key(response: Response) -> Key | None:
@@ -31,7 +37,7 @@ def response_key(response: Response) -> Key | None:
     branch = response.top_via.branch
     if not branch:
         return None
-    return (branch, response.cseq.method)
+    return (branch, response.cseq.method)  # a lookup only: not kept
 
 
 def server_key(request: Request, method: str | None = None) -> Key:
@@ -53,7 +59,7 @@ def server_key(request: Request, method: str | None = None) -> Key:
         host, port = via.sent_by
         if port is None:
             port = _DEFAULT_PORTS.get(via.transport.upper(), 5060)
-        return ("3261", branch, host.lower(), port, method)
+        return ("3261", branch, _intern(host.lower()), port, _intern(method))
     return (
         "2543",
         method,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from trioproxy.sip import Request, Response, SIPError, make_ack, make_response
+from trioproxy.sip import Request, Response, SIPError, make_ack, make_response, parse_message_untrusted
 
 from .actions import (
     AckReceived,
@@ -23,7 +23,7 @@ from .actions import (
 from .fsm import INVITE_CLIENT, INVITE_SERVER, NON_INVITE_CLIENT, NON_INVITE_SERVER, Machine, Step
 from .keys import MAGIC_COOKIE, client_key, response_key, server_key
 from .timers import RETRANSMIT_TIMERS, Timers
-from .txn import ClientTransaction, ServerTransaction, State
+from .txn import LINGERING, ClientTransaction, ServerTransaction, State
 
 if TYPE_CHECKING:
     from trioproxy.sip import Address
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["TransactionTable"]
 
 Transaction = ClientTransaction | ServerTransaction
+_M = TypeVar("_M", Request, Response)
 _HeapEntry = tuple[float, int, str, Transaction]
 
 # Rebuild the timer heap when this many cancelled entries wait in it and they are over half of it.
@@ -51,6 +52,11 @@ class TransactionTable:
     Nothing here does I/O or reads a clock: the caller passes ``now`` (seconds, any monotonic origin),
     carries out the returned actions in order, and calls ``expire(now)`` at ``next_deadline()``.
     Timers use a heap with lazy deletion: arming, cancelling and firing are O(log n).
+
+    Lingering transactions keep only what absorbing retransmissions needs (txn.py). A client transaction
+    entering Completed passes its final response up in a ``ResponseReceived`` whose owner the caller finds
+    in ``txn.user``: the table clears that slot at its next call, so carry out the actions a call returns
+    before calling it again.
     """
 
     def __init__(self, timers: Timers | None = None) -> None:
@@ -61,6 +67,8 @@ class TransactionTable:
         self._seq = 0
         self._stale = 0  # heap entries whose timer was cancelled, replaced or whose transaction ended
         self._stats = dict.fromkeys(_COUNTERS, 0)
+        # Client transactions that entered Completed: their user is cleared at the next call.
+        self._unlink: list[ClientTransaction] = []
 
     def __len__(self) -> int:
         return len(self._clients) + len(self._servers)
@@ -69,6 +77,8 @@ class TransactionTable:
 
     def receive(self, msg: Request | Response, flow: object, now: float) -> list[Action]:
         """Feed a received message. Raises ``SIPError`` (400) for a request without Via/CSeq/From/Call-ID."""
+        if self._unlink:
+            self._release_users()
         out: list[Action] = []
         if isinstance(msg, Response):
             self._receive_response(msg, now, out)
@@ -104,7 +114,7 @@ class TransactionTable:
             # 17.2.3: an ACK matches the INVITE server transaction; RFC 2543 fallback also compares the To
             # tag with the one of the response sent. An ACK for a 2xx carries a new branch (RFC 3261
             # 13.2.2.4), so it matches nothing and the TU routes it like any end-to-end request.
-            if txn is not None and (key[0] == "3261" or _to_tag(request) == _sent_to_tag(txn)):
+            if txn is not None and (key[0] == "3261" or request.to.tag == txn.sent_to_tag()):
                 self._input(txn, "ack", now, request, flow, out)
             else:
                 self._stats["acks_passed_up"] += 1
@@ -121,7 +131,7 @@ class TransactionTable:
         if method == "CANCEL":
             # 9.2: the CANCEL matches the INVITE server transaction with the same key (method INVITE).
             target = self._servers.get(server_key(request, "INVITE"))
-            if target is not None and target.key[0] == "2543" and _to_tag(request) != _to_tag(target.request):
+            if target is not None and target.key[0] == "2543" and request.to.tag != target.request_to_tag():
                 target = None
             out.append(CancelReceived(request, flow, target, txn))
         else:
@@ -139,6 +149,8 @@ class TransactionTable:
         transaction's 64*T1 limit (9.1). Raises ``ValueError`` for an ACK (not a transaction,
         17.1.1.3), a branch without the magic cookie, or a branch and method already in use.
         """
+        if self._unlink:
+            self._release_users()
         method = request.method
         if method == "ACK":
             raise ValueError("an ACK is not a transaction: send it without one")
@@ -166,6 +178,8 @@ class TransactionTable:
         For a non-INVITE, RFC 4320 responses are suppressed too: a 408, a provisional other than 100,
         and a 100 over an unreliable transport before the client's Timer E reached T2.
         """
+        if self._unlink:
+            self._release_users()
         out: list[Action] = []
         if self._servers.get(server_txn.key) is not server_txn:
             return out
@@ -199,6 +213,8 @@ class TransactionTable:
 
         A client transaction still waiting for a final response reports ``TransportFailed`` first.
         """
+        if self._unlink:
+            self._release_users()
         out: list[Action] = []
         if self._owns(txn):
             self._stats["transport_errors"] += 1
@@ -207,6 +223,8 @@ class TransactionTable:
 
     def terminate(self, txn: Transaction, now: float) -> list[Action]:
         """Remove ``txn`` at once, whatever its state (the TU abandons it); returns ``[Terminated(txn)]``."""
+        if self._unlink:
+            self._release_users()
         out: list[Action] = []
         if self._owns(txn):
             txn.state = State.TERMINATED
@@ -217,6 +235,8 @@ class TransactionTable:
 
     def expire(self, now: float) -> list[Action]:
         """Fire every timer due at or before ``now``, in deadline order."""
+        if self._unlink:
+            self._release_users()
         out: list[Action] = []
         # self._heap is re-read on every turn: arming a timer may compact it into a new list.
         while self._heap and self._heap[0][0] <= now:
@@ -257,6 +277,11 @@ class TransactionTable:
 
     # -- the interpreter of fsm.py -----------------------------------------------------------------
 
+    def _release_users(self) -> None:
+        for txn in self._unlink:
+            txn.user = None
+        self._unlink.clear()
+
     def _owns(self, txn: Transaction) -> bool:
         if isinstance(txn, ClientTransaction):
             return self._clients.get(txn.key) is txn
@@ -278,7 +303,8 @@ class TransactionTable:
     ) -> None:  # fmt: skip
         state, allowed, ops = plan
         timers = txn._timers
-        if state is not txn.state:
+        entered = state is not txn.state
+        if entered:
             txn.state = state
             for name in [n for n in timers if n not in allowed]:
                 del timers[name]
@@ -296,6 +322,14 @@ class TransactionTable:
         if state is State.TERMINATED:
             self._remove(txn, out)
             return
+        if entered and state in LINGERING:
+            # From here on the transaction only absorbs retransmissions: drop what that does not need.
+            if isinstance(txn, ClientTransaction):
+                txn.linger()
+                if state is not State.ACCEPTED and txn.user is not None:
+                    self._unlink.append(txn)  # Completed passes nothing up after this final response
+            else:
+                txn.linger(None)
         # Zero-length timers (D, I, J, K over reliable transports) fire at once (Table 4: "0s").
         for name in immediate:
             self._input(txn, name, now, None, None, out)
@@ -309,17 +343,19 @@ class TransactionTable:
                 assert isinstance(msg, Response)
                 out.append(ResponseReceived(txn, msg))
             elif effect == "retransmit":
+                assert txn.request is not None  # retransmitting states do not linger
                 stats["retransmissions_sent"] += 1
                 out.append(SendRequest(txn.request, txn.dest, txn))
             elif effect == "send_ack":
                 # 17.1.1.3: the ACK for a non-2xx goes to the same place, on the same branch.
-                assert isinstance(msg, Response)
-                txn.ack = make_ack(txn.request, msg)
-                out.append(SendRequest(txn.ack, txn.dest, txn))
+                assert isinstance(msg, Response) and txn.request is not None
+                ack = make_ack(txn.request, msg)
+                txn.ack = ack.to_bytes()  # kept as bytes (Completed lingers); the transport reuses them
+                out.append(SendRequest(ack, txn.dest, txn))
             elif effect == "resend_ack":
                 if txn.ack is not None:
                     stats["retransmissions_sent"] += 1
-                    out.append(SendRequest(txn.ack, txn.dest, txn))
+                    out.append(SendRequest(_parse(txn.ack, Request), txn.dest, txn))
             elif effect == "timeout":
                 stats["timeouts"] += 1
                 out.append(Timeout(txn))
@@ -330,13 +366,19 @@ class TransactionTable:
             return
         if effect == "send":
             assert isinstance(msg, Response)
-            txn.last_response = msg
+            if txn.state in LINGERING:
+                txn.linger(msg)  # a final (or a further 2xx in Accepted): only its bytes stay, in Completed
+            else:
+                txn.last_response = msg
             out.append(SendResponse(msg, txn.flow, txn))
         elif effect == "resend":
             if txn.last_response is not None:
                 stats["retransmissions_sent"] += 1
                 out.append(SendResponse(txn.last_response, txn.flow, txn))
-            elif txn.invite:
+            elif txn.sent is not None:
+                stats["retransmissions_sent"] += 1
+                out.append(SendResponse(_parse(txn.sent, Response), txn.flow, txn))
+            elif txn.invite and txn.request is not None:
                 # 17.2.1: the INVITE was retransmitted before the TU said anything: answer 100 Trying.
                 txn.last_response = make_response(txn.request, 100)
                 out.append(SendResponse(txn.last_response, txn.flow, txn))
@@ -436,12 +478,8 @@ _PLANS = {
 _START_PLANS = {kind: _compile(machine, machine.start) for kind, machine in _MACHINES.items()}
 
 
-def _to_tag(request: Request) -> str | None:
-    return request.to.tag
-
-
-def _sent_to_tag(txn: ServerTransaction) -> str | None:
-    # The To tag an ACK must carry: the one of the response sent, else the one of the INVITE (17.2.3).
-    if txn.last_response is not None:
-        return txn.last_response.to.tag
-    return txn.request.to.tag
+def _parse(data: bytes, kind: type[_M]) -> _M:
+    # A retransmission from the bytes a lingering transaction kept (its own output: it parses).
+    msg = parse_message_untrusted(data)
+    assert isinstance(msg, kind)
+    return msg

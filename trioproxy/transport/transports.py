@@ -64,13 +64,19 @@ class Transports:
         *,
         gate: FloodGate | None = None,
         tls: TLSContexts | None = None,
+        own: Sequence[Listen] = (),
     ) -> None:
         if not listens:
             raise ValueError("at least one Listen is needed")
         if any(listen.transport in ("tls", "wss") for listen in listens) and (tls is None or tls.server is None):
             raise ValueError("a tls or wss listener needs a certificate and key")
         self.config = config or TransportConfig()
-        self._listens = list(listens)
+        # A worker process (``trioproxy.workers``): ``own`` are its private listeners, bound first (without
+        # SO_REUSEPORT) so that requests leave from them and ``local_address`` (Via, Record-Route) names them;
+        # ``listens`` are the ports shared by every worker.
+        self._own = list(own)
+        self._listens = self._own + list(listens)
+        self._own_items: list[UDPEndpoint | TCPListener] = []
         self._stats = TransportStatistics()
         send, receive = trio.open_memory_channel[object](self.config.incoming_capacity)
         self._send_channel = send
@@ -97,14 +103,20 @@ class Transports:
             raise RuntimeError("Transports.serve can run once")
         self._served = True
         try:
-            for listen in self._listens:
+            private = dataclasses.replace(self.config, reuse_port=False)
+            for n, listen in enumerate(self._listens):
+                config = private if n < len(self._own) else self.config
                 try:
                     if listen.transport == "udp":
-                        endpoint = UDPEndpoint(listen, self.config, self._stats, self.gate)
+                        endpoint = UDPEndpoint(listen, config, self._stats, self.gate)
+                        if n < len(self._own):
+                            self._own_items.append(endpoint)
                         self._udp.append(endpoint)
                         self._udp_by_family.setdefault(endpoint.family, endpoint)
                     else:
-                        listener = TCPListener(listen, reuse_port=self.config.reuse_port)
+                        listener = TCPListener(listen, reuse_port=config.reuse_port)
+                        if n < len(self._own):
+                            self._own_items.append(listener)
                         self._tcp_listeners.append(listener)
                         self._tcp_by_family.setdefault((listener.transport, listener.family), listener)
                 except OSError as exc:
@@ -141,6 +153,23 @@ class Transports:
                 return item.advertised
         which = "" if family is None else f" for {family.name}"
         raise TransportError(f"no bound {transport} listener{which}")
+
+    def record_address(self, local: Address) -> Address:
+        """The address to record (Record-Route) for a request received on the listener bound at ``local``.
+
+        In a worker, a request that came in on a shared port is recorded with the worker's own listener of
+        that transport and family, so that the dialog's later requests reach the worker holding its state;
+        otherwise ``local`` itself (in a single process every listener is its own)."""
+        if not self._own_items or local.transport in WS_TRANSPORTS:
+            return local
+        key = (local.transport, local.host, local.port)
+        if any((item.local.transport, item.local.host, item.local.port) == key for item in self._own_items):
+            return local
+        family = family_of(local.host)
+        for item in self._own_items:
+            if item.advertised.transport == local.transport and item.family == family:
+                return item.advertised
+        return local
 
     def listen_addresses(self) -> list[Address]:
         """Every bound listener's advertised address, in configuration order per transport."""

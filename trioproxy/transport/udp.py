@@ -5,6 +5,9 @@ Theory of operation. The receive loop drains ``recvfrom`` until it would block a
 EAGAIN. This skips trio's socket wrappers, which cost roughly 10-20 us per datagram here (DESIGN.md, "The
 per-datagram floor"). The loop yields to the scheduler every ``_BATCH`` datagrams so a flood cannot starve
 the tasks that consume ``incoming``; when ``incoming`` is full the datagram is dropped and counted.
+Before a datagram is parsed the ingress gate decides on its raw bytes: pike (blocked sources), then overload
+shedding (``gate.shedder``, ``trioproxy.flood.shed``), which answers a refused new request with 503 itself,
+absorbs the ACKs and retransmissions of refused requests, and leaves the rest to the parser and the core.
 
 ICMP errors: Linux reports "port unreachable" for an unconnected UDP socket only with ``IP_RECVERR`` (or
 ``IPV6_RECVERR``) set. Then the next syscall on the socket fails with ECONNREFUSED and the error queue
@@ -29,6 +32,7 @@ import trio
 
 from trioproxy.faults import contain
 from trioproxy.flood import FloodGate, Verdict
+from trioproxy.flood.shed import IngressShedder
 from trioproxy.sip import Address, SIPError, parse_message_untrusted
 
 from .inbound import answerable_request, flood_reply, is_blank
@@ -192,6 +196,12 @@ class UDPEndpoint:
                     self._refuse(data, addr, verdict)
                 elif len(data) > max_size:
                     stats.oversize += 1  # [limits] udp_max_message_size: dropped unparsed
+                elif (shedder := gate.shedder if gate is not None else None) is not None and (
+                    answer := shedder.screen(data, addr[0], addr[1])
+                ) is not None:
+                    # Overload (trioproxy.flood.shed): refused or absorbed on the raw bytes, before the parser.
+                    if answer:
+                        self._send_now(answer, addr)
                 else:
                     flow = flows.get(addr)
                     if flow is None:
@@ -236,6 +246,21 @@ class UDPEndpoint:
                     self._stats.flood_rejected += 1
                     return
         self._stats.flood_dropped += 1
+
+    def _send_now(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        # A stateless answer from the receive path: never waits; a full socket buffer drops it (the caller
+        # retransmits, and gets the same answer again).
+        try:
+            self.sock.sendto(data, addr)
+        except OSError:
+            self._stats.send_errors += 1
+        else:
+            self._stats.udp_datagrams_out += 1
+
+    @property
+    def shedder(self) -> IngressShedder | None:
+        """The overload shedder this endpoint consults (set on its gate), or None."""
+        return self.gate.shedder if self.gate is not None else None
 
     def _reject(self, data: bytes, flow: Flow, exc: SIPError, deliver: Deliver) -> None:
         stats = self._stats
