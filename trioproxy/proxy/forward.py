@@ -6,10 +6,17 @@ These functions take the proxy's own addresses as arguments; they never touch a 
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Callable, Sequence
 
-from trioproxy.sip import URI, Address, NameAddr, Request, decrement_max_forwards, parse_uri_untrusted
+from trioproxy.sip import (
+    URI,
+    Address,
+    NameAddr,
+    Request,
+    decrement_max_forwards,
+    new_branch,
+    parse_uri_untrusted,
+)
 
 __all__ = [
     "make_branch_id",
@@ -26,18 +33,10 @@ __all__ = [
 IsMine = Callable[[URI], bool]
 
 
-# 12 random hex digits per branch from the OS CSPRNG, drawn in blocks (one system call per 256 branches): a
-# branch must not be guessable, or a stranger who saw one could forge responses for the next transactions.
-_tokens: list[str] = []
-os.register_at_fork(after_in_child=_tokens.clear)  # a forked worker draws its own
-
-
 def make_branch_id(loop_hash: str) -> str:
-    """A branch parameter unique per branch, carrying the loop-detection hash (16.6 step 8)."""
-    if not _tokens:
-        pool = os.urandom(6 * 256).hex()
-        _tokens.extend(pool[i : i + 12] for i in range(0, len(pool), 12))
-    return f"z9hG4bK{loop_hash}.{_tokens.pop()}"
+    """A branch parameter unique per branch, carrying the loop-detection hash (16.6 step 8); its random part
+    comes from ``new_branch``'s pooled CSPRNG draws."""
+    return f"z9hG4bK{loop_hash}.{new_branch()[7:19]}"
 
 
 def via_value(local: Address, branch: str) -> str:

@@ -469,10 +469,7 @@ class RequestContext:
         vias = self._vias
         if vias is None:
             vias = self._vias = self.original.get_all("Via")
-        if response.get_all("Via") != vias:
-            response.remove("Via")
-            for value in reversed(vias):
-                response.insert_top("Via", value)
+        _give_vias(response, vias)
 
     def _keep_2xx_body(self, response: Response) -> None:
         # The body of a 2xx as it went upstream (a reply route may have rewritten it: rtpengine's SDP), by
@@ -567,14 +564,19 @@ class LateForwarder(TransactionUser):
 
     async def forward(self, response: Response) -> None:
         response.pop_first("Via")  # ours
-        if response.get_all("Via") != self.vias:
-            response.remove("Via")
-            for value in reversed(self.vias):
-                response.insert_top("Via", value)
+        _give_vias(response, self.vias)
         kept = self.bodies.get(response.to.tag or "")
         if kept is not None and response.body and kept[0] != response.body:
             response.set_body(kept[0], kept[1])
         await self.core.respond(self.server_txn, self.flow, response, no_connect=self.no_connect)
+
+
+def _give_vias(response: Response, vias: list[str]) -> None:
+    # The response goes upstream with exactly the caller's Vias (RFC 3261 16.7 step 3, 18.2.2).
+    if response.get_all("Via") != vias:
+        response.remove("Via")
+        for value in reversed(vias):
+            response.insert_top("Via", value)
 
 
 def _target_text(target: Target) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote
 
 from .errors import SIPError
@@ -182,7 +183,7 @@ def _parse_host_port(text: str, uri: URI) -> None:
 # a hit costs a copy instead of a parse. Bounded, oldest entry out first; long texts are not kept.
 _PARSED: dict[str, URI] = {}
 PARSE_CACHE_SIZE = 2048
-_CACHEABLE_LENGTH = 256
+CACHEABLE_LENGTH = 256
 
 
 def parse_uri_untrusted(text: str) -> URI:
@@ -191,11 +192,16 @@ def parse_uri_untrusted(text: str) -> URI:
     if cached is not None:
         return cached.copy()
     uri = _parse_uri(text)
-    if len(text) <= _CACHEABLE_LENGTH:
-        if len(_PARSED) >= PARSE_CACHE_SIZE:
-            del _PARSED[next(iter(_PARSED))]
-        _PARSED[text] = uri.copy()
+    remember_parsed(_PARSED, text, uri)
     return uri
+
+
+def remember_parsed(cache: dict[str, Any], text: str, value: Any) -> None:
+    """Keep a copy of ``value`` parsed from ``text`` in a parse cache (bounded: the oldest entry goes first)."""
+    if len(text) <= CACHEABLE_LENGTH:
+        if len(cache) >= PARSE_CACHE_SIZE:
+            del cache[next(iter(cache))]
+        cache[text] = value.copy()
 
 
 def _parse_uri(text: str) -> URI:

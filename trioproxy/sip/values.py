@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from .errors import SIPError
 from .headers import PARAM_FINDALL, PARAM_NC, format_params, parse_params
-from .uri import PARSE_CACHE_SIZE, URI, parse_uri_untrusted, valid_ipv6
+from .uri import URI, parse_uri_untrusted, remember_parsed, valid_ipv6
 
 __all__ = ["CSeq", "NameAddr", "Via"]
 
@@ -227,7 +227,6 @@ class Via:
 # Recently parsed name-addr values by text (the From of a call is read in each of its messages, a Route
 # in every in-dialog request): as for URIs (``uri.PARSE_CACHE_SIZE``), a hit costs a copy.
 _NAME_ADDRS: dict[str, NameAddr] = {}
-_CACHEABLE_LENGTH = 256
 
 
 @dataclass(slots=True)
@@ -252,10 +251,7 @@ class NameAddr:
         if cached is not None and type(cached) is cls:
             return cached.copy()
         parsed = cls._parse(value)
-        if len(value) <= _CACHEABLE_LENGTH:
-            if len(_NAME_ADDRS) >= PARSE_CACHE_SIZE:
-                del _NAME_ADDRS[next(iter(_NAME_ADDRS))]
-            _NAME_ADDRS[value] = parsed.copy()
+        remember_parsed(_NAME_ADDRS, value, parsed)
         return parsed
 
     @classmethod
